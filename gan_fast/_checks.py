@@ -1,0 +1,38 @@
+"""Input validation shared by the functional API: clear errors before any kernel runs."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def tensor(name, t, *, dim=None, dtypes=FLOAT_DTYPES):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D (N, C, H, W), got {t.dim()}-D with shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+
+
+def same_device(ref_name, ref, **others):
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}: "
+                             "move them to the same device")
+
+
+def per_channel(c, x_name, **tensors):
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        tensor(name, t, dtypes=None)
+        if t.dim() != 1 or t.shape[0] != c:
+            raise ValueError(f"{name} must have shape ({c},) to match the {c} channels of {x_name}, "
+                             f"got {tuple(t.shape)} (check num_features / out_channels)")
+
+
+def param_dtype(name, t, x):
+    if t is not None and t.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"{name} must be float32 or the input's dtype {x.dtype}, got {t.dtype}")

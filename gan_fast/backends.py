@@ -1,0 +1,146 @@
+"""Which backend runs an op: ``auto | triton | cuda | cpu | reference``.
+
+The choice comes from ``gan_fast.use_backend(name)`` (a context manager),
+``gan_fast.set_backend(name)``, or the ``GAN_FAST_BACKEND`` environment variable,
+in that order; the default is ``auto``.
+
+``auto`` picks, per device: CUDA tensors -> the C++/CUDA extension, else Triton,
+else the reference; CPU tensors -> the C++ CPU extension, else the reference.
+A backend that ``auto`` passes over is named once in the log with the reason.
+A backend that is asked for by name and cannot run raises ``BackendUnavailable``:
+gan_fast never falls back silently from an explicit choice.
+
+Every backend implements the kernel contract documented in ``gan_fast.reference``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import threading
+
+import torch
+
+log = logging.getLogger("gan_fast")
+
+NAMES = ("auto", "triton", "cuda", "cpu", "reference")
+_state = threading.local()
+_default = None
+_logged: set = set()
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for by name but cannot run here."""
+
+
+def _check_name(name):
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide backend (``None`` returns to GAN_FAST_BACKEND / auto)."""
+    global _default
+    _default = None if name is None else _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: run gan_fast ops inside the block on backend `name`."""
+    _check_name(name)
+    prev = getattr(_state, "name", None)
+    _state.name = name
+    try:
+        yield
+    finally:
+        _state.name = prev
+
+
+def requested() -> str:
+    """The backend name currently asked for (before resolving ``auto``)."""
+    name = getattr(_state, "name", None) or _default or os.environ.get("GAN_FAST_BACKEND") or "auto"
+    return _check_name(name)
+
+
+# --------------------------------------------------------------------- availability
+def _extension():
+    """The compiled extension module, or the reason it cannot be loaded."""
+    try:
+        return importlib.import_module("gan_fast._C"), None
+    except ImportError as e:  # not built, or built against another torch
+        return None, f"compiled extension gan_fast._C not importable ({e})"
+
+
+def extension_has(device_type: str) -> bool:
+    ext, _ = _extension()
+    return ext is not None and device_type in ext.compiled_device_types()
+
+
+def why_unavailable(name: str, device_type: str) -> str | None:
+    """None if backend `name` can run ops on `device_type` tensors, else the reason."""
+    if name == "reference":
+        return None
+    if name in ("cpu", "cuda"):
+        if device_type != name:
+            return f"the {name} backend runs {name} tensors, got {device_type} tensors"
+        ext, err = _extension()
+        if ext is None:
+            return err
+        if name not in ext.compiled_device_types():
+            return f"gan_fast._C was built without {name} kernels"
+        return None
+    if name == "triton":
+        try:
+            importlib.import_module("triton")
+        except ImportError:
+            return "triton is not installed"
+        if device_type == "cuda":
+            return None
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return f"triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU), got {device_type}"
+    raise ValueError(name)
+
+
+def _module_for(name: str):
+    if name == "reference":
+        return importlib.import_module("gan_fast.reference")
+    if name in ("cpu", "cuda"):
+        return importlib.import_module("gan_fast.kernels.cpp")
+    return importlib.import_module("gan_fast.kernels.triton")
+
+
+def _auto_order(device_type: str):
+    return ("cuda", "triton", "reference") if device_type == "cuda" else (device_type, "reference")
+
+
+def resolve_name(device_type: str) -> str:
+    """The concrete backend name that runs ops on `device_type` tensors now."""
+    name = requested()
+    if name != "auto":
+        reason = why_unavailable(name, device_type)
+        if reason is not None:
+            raise BackendUnavailable(f"gan_fast backend {name!r} was requested but cannot run: {reason}")
+        return name
+    for cand in _auto_order(device_type):
+        reason = why_unavailable(cand, device_type)
+        if reason is None:
+            return cand
+        key = (cand, device_type)
+        if key not in _logged:
+            _logged.add(key)
+            log.warning("gan_fast: backend %r skipped for %s tensors: %s", cand, device_type, reason)
+    raise AssertionError("unreachable: the reference backend always runs")
+
+
+def resolve(tensor: torch.Tensor):
+    """The module implementing the kernel contract for `tensor`'s device."""
+    return _module_for(resolve_name(tensor.device.type))
+
+
+def report() -> dict:
+    """{backend: None if available else reason} for the CPU and (if present) CUDA devices."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {(n, d): why_unavailable(n, d) for d in devices for n in NAMES[1:]}

@@ -1,0 +1,158 @@
+"""Functional API: validated entry points that the modules call.
+
+Shapes: images are (N, C, H, W) in NCHW or channels_last; per-channel tensors (C,).
+Dtypes: float32, float16, bfloat16 (float64 on CPU). Statistics accumulate in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gan_fast import _checks, ops
+from gan_fast.reference import LOSS_KINDS, REDUCTIONS
+
+_KIND_ALIASES = {"nonsaturating": "bce", "ns": "bce", "bce": "bce", "hinge": "hinge",
+                 "lsgan": "lsgan", "wgan": "wgan"}
+
+
+def bn_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+           weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, training: bool = False,
+           momentum: Optional[float] = 0.1, eps: float = 1e-5, negative_slope: float = 0.0,
+           num_batches_tracked: Optional[Tensor] = None) -> Tensor:
+    """LeakyReLU(BatchNorm2d(x)) in two fused passes (training) or one (eval).
+
+    x: (N, C, H, W). running_mean/running_var: (C,) or None (then batch statistics
+    are used, as BatchNorm2d with track_running_stats=False). weight/bias: (C,) or
+    None. negative_slope 0 gives ReLU. In training mode the running statistics and
+    num_batches_tracked are updated in place exactly as BatchNorm2d does
+    (momentum=None: cumulative average). Returns a tensor like x.
+    """
+    _checks.tensor("x", x, dim=4)
+    c = x.shape[1]
+    _checks.per_channel(c, "x", running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
+    _checks.same_device("x", x, running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
+    if (weight is None) != (bias is None):
+        raise ValueError("weight and bias must both be given (affine) or both be None")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    _checks.param_dtype("weight", weight, x)
+    _checks.param_dtype("bias", bias, x)
+    use_batch_stats = training or running_mean is None
+    if use_batch_stats:
+        if x.numel() // c <= 1:  # the same check and message as torch.nn.functional.batch_norm
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+        out, mean, var = ops.bn_act.bn_act_train(x, weight, bias, eps, negative_slope)
+        if training and running_mean is not None:
+            _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
+                                  momentum, x.numel() // c)
+        return out
+    return ops.bn_act.bn_act_eval(x, weight, bias, running_mean, running_var, eps, negative_slope)
+
+
+@torch.no_grad()
+def _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum, n):
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if momentum is None and num_batches_tracked is not None:
+        # Cumulative moving average; a tensor factor keeps torch.compile free of graph breaks.
+        factor = (1.0 / num_batches_tracked.to(torch.float64)).to(running_mean.dtype)
+    elif momentum is None:
+        factor = 0.0  # as BatchNorm2d: no counter, no update
+    else:
+        factor = momentum
+    unbiased = var * (n / (n - 1))
+    running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype) * factor)
+    running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype) * factor)
+
+
+def conv2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                  bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None, *,
+                  stride=1, padding=0, dilation=1, groups=1, training=False, momentum=0.1,
+                  eps=1e-5, negative_slope=0.2, num_batches_tracked=None) -> Tensor:
+    """LeakyReLU(BatchNorm2d(conv2d(x))): the discriminator block.
+
+    x: (N, C_in, H, W); conv_weight: (C_out, C_in/groups, kH, kW). Returns (N, C_out, H', W').
+    """
+    _checks.tensor("x", x, dim=4)
+    y = F.conv2d(x, conv_weight, conv_bias, stride, padding, dilation, groups)
+    return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
+                  negative_slope, num_batches_tracked)
+
+
+def conv_transpose2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                            running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                            bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None, *,
+                            stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                            training=False, momentum=0.1, eps=1e-5, negative_slope=0.0,
+                            num_batches_tracked=None) -> Tensor:
+    """act(BatchNorm2d(conv_transpose2d(x))): the generator block (ReLU by default).
+
+    x: (N, C_in, H, W); conv_weight: (C_in, C_out/groups, kH, kW). Returns (N, C_out, H', W').
+    """
+    _checks.tensor("x", x, dim=4)
+    y = F.conv_transpose2d(x, conv_weight, conv_bias, stride, padding, output_padding, groups, dilation)
+    return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
+                  negative_slope, num_batches_tracked)
+
+
+def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str = "bce", side: str = "d",
+             reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """A GAN loss and its gradient in one fused kernel.
+
+    real/fake: discriminator logits of any shape ((N,), (N, 1), patch maps ...), float.
+    kind: 'bce' (alias 'nonsaturating'), 'hinge', 'lsgan' (MSE) or 'wgan'.
+    side 'd': loss(real as real) + loss(fake as fake), each reduced over its own
+    logits (real and fake may differ in size); side 'g': the generator's loss on
+    `fake` (real must be None). label_smoothing: bce only, the real target becomes
+    1 - label_smoothing. Returns a 0-dim tensor in the logits' dtype.
+    """
+    kind = check_loss_args(kind, side, reduction, label_smoothing)
+    _checks.tensor("fake", fake)
+    if side == "d":
+        if real is None:
+            raise ValueError("side='d' needs the discriminator's logits on real images (real)")
+        _checks.tensor("real", real)
+        _checks.same_device("fake", fake, real=real)
+        if real.dtype != fake.dtype:
+            raise TypeError(f"real and fake must have the same dtype, got {real.dtype} and {fake.dtype}")
+        if real.numel() == 0:
+            raise ValueError("real is empty")
+    elif real is not None:
+        raise ValueError("side='g' takes only the logits of fakes: pass real=None")
+    if fake.numel() == 0:
+        raise ValueError("fake is empty")
+    loss, _, _ = ops.gan_loss.gan_loss(real, fake, kind, side, reduction, float(label_smoothing))
+    return loss
+
+
+def check_loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> str:
+    """Validate a GAN loss configuration; returns the canonical kind name."""
+    canonical = _KIND_ALIASES.get(kind)
+    if canonical is None:
+        raise ValueError(f"kind must be one of {LOSS_KINDS} (or 'nonsaturating'), got {kind!r}")
+    if side not in ("d", "g"):
+        raise ValueError(f"side must be 'd' (discriminator) or 'g' (generator), got {side!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if label_smoothing and (canonical != "bce" or side != "d"):
+        raise ValueError("label_smoothing applies to the bce discriminator loss only")
+    return canonical
+
+
+def d_loss(real: Tensor, fake: Tensor, kind: str = "bce", reduction: str = "mean",
+           label_smoothing: float = 0.0) -> Tensor:
+    """The discriminator's loss: ``gan_loss(real, fake, kind, 'd', ...)``."""
+    return gan_loss(real, fake, kind, "d", reduction, label_smoothing)
+
+
+def g_loss(fake: Tensor, kind: str = "bce", reduction: str = "mean") -> Tensor:
+    """The generator's loss on D's logits of fakes: ``gan_loss(None, fake, kind, 'g', ...)``."""
+    return gan_loss(None, fake, kind, "g", reduction)

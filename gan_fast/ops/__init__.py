@@ -1,0 +1,6 @@
+"""torch.library custom ops: schema, fake (meta) implementation, autograd, dispatch.
+
+Each op is opaque to torch.compile (it sees the fake implementation), and picks
+its backend at run time through gan_fast.backends.
+"""
+from gan_fast.ops import bn_act, gan_loss  # noqa: F401  (registers the ops)

@@ -1,0 +1,121 @@
+"""Custom ops for BatchNorm2d + LeakyReLU (``gan_fast::bn_act_*``).
+
+* ``bn_act_train(x, weight, bias, eps, slope) -> (out, mean, var)``: batch statistics;
+  mean/var are fp32 (C,) and non-differentiable (they feed the running stats).
+* ``bn_act_eval(x, weight, bias, mean, var, eps, slope) -> out``: given statistics.
+* ``bn_act_backward(...)``: the backward of both (``batch_stats`` tells which).
+
+Autograd saves x (the pre-BN tensor) and the per-channel statistics only; the
+activation output is never kept.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from gan_fast import backends
+
+
+def _memory_format(x: Tensor):
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dense(x: Tensor) -> Tensor:
+    """x as contiguous NCHW or channels_last (the two layouts kernels accept)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _stat_dtype(x: Tensor):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("gan_fast::bn_act_train", mutates_args=())
+def bn_act_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                 eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    x = _dense(x)
+    return backends.resolve(x).bn_act_train_fwd(x, weight, bias, eps, negative_slope)
+
+
+@bn_act_train.register_fake
+def _(x, weight, bias, eps, negative_slope):
+    c = x.shape[1]
+    out = torch.empty_like(x, memory_format=_memory_format(x))
+    return out, x.new_empty((c,), dtype=_stat_dtype(x)), x.new_empty((c,), dtype=_stat_dtype(x))
+
+
+@torch.library.custom_op("gan_fast::bn_act_eval", mutates_args=())
+def bn_act_eval(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
+                var: Tensor, eps: float, negative_slope: float) -> Tensor:
+    x = _dense(x)
+    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+    return backends.resolve(x).bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)
+
+
+@bn_act_eval.register_fake
+def _(x, weight, bias, mean, var, eps, negative_slope):
+    return torch.empty_like(x, memory_format=_memory_format(x))
+
+
+@torch.library.custom_op("gan_fast::bn_act_backward", mutates_args=())
+def bn_act_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                    mean: Tensor, var: Tensor, eps: float, negative_slope: float,
+                    batch_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+    x = _dense(x)
+    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+    gx, gw, gb = backends.resolve(x).bn_act_bwd(grad_out, x, weight, bias, mean, var, eps,
+                                                negative_slope, batch_stats)
+    if gw is None:  # affine=False: custom ops return tensors, the autograd wrapper drops these
+        gw, gb = x.new_empty((0,)), x.new_empty((0,))
+    return gx, gw, gb
+
+
+@bn_act_backward.register_fake
+def _(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_stats):
+    gx = torch.empty_like(x, memory_format=_memory_format(x))
+    if weight is None:
+        return gx, x.new_empty((0,)), x.new_empty((0,))
+    return gx, torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _backward(ctx, grad_out, x, batch_stats):
+    weight, bias, mean, var = ctx.saved_tensors[1:]
+    gx, gw, gb = bn_act_backward(grad_out, x, weight, bias, mean, var, ctx.eps,
+                                 ctx.negative_slope, batch_stats)
+    if weight is None:
+        gw = gb = None
+    return gx, gw, gb
+
+
+def _setup_train(ctx, inputs, output):
+    x, weight, bias, eps, negative_slope = inputs
+    _, mean, var = output
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.eps, ctx.negative_slope = eps, negative_slope
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _backward_train(ctx, grad_out, _grad_mean, _grad_var):
+    gx, gw, gb = _backward(ctx, grad_out, ctx.saved_tensors[0], True)
+    return gx, gw, gb, None, None
+
+
+def _setup_eval(ctx, inputs, output):
+    x, weight, bias, mean, var, eps, negative_slope = inputs
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.eps, ctx.negative_slope = eps, negative_slope
+
+
+def _backward_eval(ctx, grad_out):
+    gx, gw, gb = _backward(ctx, grad_out, ctx.saved_tensors[0], False)
+    return gx, gw, gb, None, None, None, None
+
+
+bn_act_train.register_autograd(_backward_train, setup_context=_setup_train)
+bn_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)

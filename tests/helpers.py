@@ -1,0 +1,41 @@
+"""Input factories and tolerances shared by the tests."""
+import torch
+
+# (atol, rtol) when a backend's result in this dtype is compared with a float64 oracle
+# computed from the same (already rounded) inputs.
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (4e-3, 4e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+
+def layout(t, channels_last):
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def image(shape, dtype=torch.float32, device="cpu", channels_last=False, mean=0.0, seed=None):
+    """A random (N, C, H, W) tensor with a per-channel offset of about `mean`."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * (0.5 + torch.rand(shape[1], 1, 1, generator=g, dtype=torch.float64))
+    x = x + mean + torch.randn(shape[1], 1, 1, generator=g, dtype=torch.float64)
+    return layout(x.to(dtype).to(device), channels_last)
+
+
+def tied_image(shape, dtype=torch.float32, device="cpu", channels_last=False, mean=0.0):
+    """Integer-valued data whose per-channel mean is exactly `mean`: with weight>0 and
+    bias 0 the normalised value is exactly 0 where x == mean (the activation's kink)."""
+    n, c, h, w = shape
+    length = n * h * w
+    half = length // 2
+    vals = (torch.arange(half, dtype=torch.float64) % 3)  # 0, 1, 2, 0, ...: zeros included
+    base = torch.cat([vals, -vals, torch.zeros(length - 2 * half, dtype=torch.float64)])
+    x = base.view(n, h, w, 1).permute(0, 3, 1, 2).expand(n, c, h, w) + mean
+    return layout(x.to(dtype).to(device).clone(), channels_last)
+
+
+def assert_close(actual, expected, dtype, scale=1.0, what=""):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol * scale,
+                               rtol=rtol, equal_nan=True, msg=lambda m: f"{what}: {m}")

@@ -1,0 +1,133 @@
+"""gan_loss on every backend against the float64 oracle and stock PyTorch losses."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gan_fast import functional, nn as gnn, reference
+from helpers import TOL
+
+KINDS = ["bce", "hinge", "lsgan", "wgan"]
+
+
+def run(real, fake, kind, side, reduction="mean", smoothing=0.0):
+    r = None if real is None else real.detach().clone().requires_grad_()
+    f = fake.detach().clone().requires_grad_()
+    loss = functional.gan_loss(r, f, kind, side, reduction, smoothing)
+    inputs = [t for t in (r, f) if t is not None]
+    grads = torch.autograd.grad(loss * 1.5, inputs)  # a grad_output != 1 exercises the scaling
+    return loss, grads
+
+
+def oracle(real, fake, kind, side, reduction="mean", smoothing=0.0):
+    r = None if real is None else real.detach().double().requires_grad_()
+    f = fake.detach().double().requires_grad_()
+    loss = reference.gan_loss(kind, r, f, side, reduction, smoothing)
+    inputs = [t for t in (r, f) if t is not None]
+    return loss, torch.autograd.grad(loss * 1.5, inputs)
+
+
+def close(a, b, dtype, scale=1.0):
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(a.double().cpu(), b.double().cpu(), atol=atol * scale, rtol=rtol, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("side", ["d", "g"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_matches_oracle(backend, kind, side, reduction, dtype):
+    name, device = backend
+    if dtype == torch.float64 and (name == "triton" or device == "cuda"):
+        pytest.skip(f"{name} on {device} has no float64")
+    real = (torch.randn(37, 1) * 3).to(device=device, dtype=dtype) if side == "d" else None
+    fake = (torch.randn(53) * 3).to(device=device, dtype=dtype)  # other size and shape than real
+    loss, grads = run(real, fake, kind, side, reduction)
+    want, want_grads = oracle(real, fake, kind, side, reduction)
+    assert loss.dim() == 0 and loss.dtype == dtype
+    close(loss, want, dtype, scale=(50.0 if reduction == "sum" else 1.0))
+    for g, w, t in zip(grads, want_grads, [x for x in (real, fake) if x is not None]):
+        assert g.shape == t.shape and g.dtype == dtype
+        close(g, w, dtype)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing(backend, smoothing):
+    name, device = backend
+    real, fake = torch.randn(64, device=device), torch.randn(64, device=device)
+    loss, grads = run(real, fake, "bce", "d", "mean", smoothing)
+    want, want_grads = oracle(real, fake, "bce", "d", "mean", smoothing)
+    close(loss, want, torch.float32)
+    for g, w in zip(grads, want_grads):
+        close(g, w, torch.float32)
+
+
+def test_matches_stock_losses(backend):
+    """The four kinds are exactly the usual eager formulations."""
+    name, device = backend
+    real = torch.randn(32, 1, device=device) * 2
+    fake = torch.randn(32, 1, device=device) * 2
+    stock = {
+        "bce": lambda r, f: F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f)),
+        "hinge": lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
+        "lsgan": lambda r, f: F.mse_loss(r, torch.ones_like(r)) + F.mse_loss(f, torch.zeros_like(f)),
+        "wgan": lambda r, f: f.mean() - r.mean(),
+    }
+    stock_g = {
+        "bce": lambda f: F.binary_cross_entropy_with_logits(f, torch.ones_like(f)),
+        "hinge": lambda f: -f.mean(), "lsgan": lambda f: F.mse_loss(f, torch.ones_like(f)),
+        "wgan": lambda f: -f.mean(),
+    }
+    for kind in KINDS:
+        r, f = real.clone().requires_grad_(), fake.clone().requires_grad_()
+        want = stock[kind](r, f)
+        want.backward()
+        loss, (gr, gf) = run(real, fake, kind, "d")
+        close(loss, want.detach(), torch.float32)
+        close(gr, r.grad * 1.5, torch.float32)
+        close(gf, f.grad * 1.5, torch.float32)
+        f = fake.clone().requires_grad_()
+        want = stock_g[kind](f)
+        want.backward()
+        loss, (gf,) = run(None, fake, kind, "g")
+        close(loss, want.detach(), torch.float32)
+        close(gf, f.grad * 1.5, torch.float32)
+
+
+def test_ties(backend):
+    """Hinge margins of exactly 1 have gradient 0 (relu's convention); bce at 0 is exact."""
+    name, device = backend
+    real = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0], device=device)
+    fake = torch.tensor([-1.0, -0.5, -2.0, 0.0], device=device)
+    for kind in KINDS:
+        loss, grads = run(real, fake, kind, "d")
+        want, want_grads = oracle(real, fake, kind, "d")
+        close(loss, want, torch.float32)
+        for g, w in zip(grads, want_grads):
+            close(g, w, torch.float32)
+    _, (gr, gf) = run(real, fake, "hinge", "d")
+    assert gr[0] == 0 and gr[3] == 0 and gf[0] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_and_inf_like_pytorch(backend, kind):
+    """Non-finite logits give the same loss and gradients as the eager formulation."""
+    name, device = backend
+    bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5], device=device)
+    good = torch.tensor([0.1, -0.3, 0.2], device=device)
+    for real, fake in ((bad, good), (good, bad)):
+        loss, grads = run(real, fake, kind, "d")
+        want, want_grads = oracle(real, fake, kind, "d")
+        close(loss, want, torch.float32)
+        for g, w in zip(grads, want_grads):
+            close(g, w, torch.float32)
+
+
+def test_module(backend):
+    name, device = backend
+    d, g = gnn.GANLoss("hinge", "d"), gnn.GANLoss("hinge", "g")
+    real, fake = torch.randn(8, device=device), torch.randn(8, device=device)
+    close(d(real, fake), reference.gan_loss("hinge", real.double(), fake.double()), torch.float32)
+    close(g(fake), reference.gan_loss("hinge", None, fake.double(), "g"), torch.float32)
+    with pytest.raises(TypeError, match="real_logits, fake_logits"):
+        d(fake)
