@@ -4,8 +4,11 @@ The choice comes from ``gan_fast.use_backend(name)`` (a context manager),
 ``gan_fast.set_backend(name)``, or the ``GAN_FAST_BACKEND`` environment variable,
 in that order; the default is ``auto``.
 
-``auto`` picks, per device: CUDA tensors -> the C++/CUDA extension, else Triton,
-else the reference; CPU tensors -> the C++ CPU extension, else the reference.
+``auto`` picks, per device: CPU tensors -> the C++ CPU extension, else the
+reference. CUDA tensors -> whichever of the CUDA extension and Triton is faster
+for that op and input (shape, dtype, layout): both are timed once, the first time
+such an input is seen, and the choice is cached (``choices()`` lists them); with
+only one of the two available, that one; else the reference.
 A backend that ``auto`` passes over is named once in the log with the reason.
 A backend that is asked for by name and cannot run raises ``BackendUnavailable``:
 gan_fast never falls back silently from an explicit choice.
@@ -19,6 +22,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 
 import torch
 
@@ -135,9 +139,51 @@ def resolve_name(device_type: str) -> str:
     raise AssertionError("unreachable: the reference backend always runs")
 
 
-def resolve(tensor: torch.Tensor):
-    """The module implementing the kernel contract for `tensor`'s device."""
-    return _module_for(resolve_name(tensor.device.type))
+_choices: dict = {}
+
+
+def choices() -> dict:
+    """The cached per-input choices of ``auto``: {(op, key): backend name}."""
+    return dict(_choices)
+
+
+def _median_seconds(fn, device_type: str, reps: int = 5) -> float:
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+    fn()  # warm-up: compiles Triton kernels, fills allocator caches
+    sync()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def measured_choice(op: str, key, candidates, bench, device_type: str) -> str:
+    """Time ``bench(backend_module)`` for each candidate once; cache and return the fastest."""
+    k = (op, key)
+    if k not in _choices:
+        times = {c: _median_seconds(lambda c=c: bench(_module_for(c)), device_type) for c in candidates}
+        _choices[k] = min(times, key=times.get)
+        log.info("gan_fast: auto chose %s for %s %s (%s)", _choices[k], op, key,
+                 ", ".join(f"{c} {t * 1e6:.1f} us" for c, t in times.items()))
+    return _choices[k]
+
+
+def resolve(tensor: torch.Tensor, op: str | None = None, bench=None):
+    """The module implementing the kernel contract for `tensor`'s device.
+
+    op/bench: under ``auto`` on CUDA with several fast backends available,
+    ``bench(module)`` runs the op once on a candidate backend and the fastest is kept.
+    """
+    device_type = tensor.device.type
+    if requested() == "auto" and device_type == "cuda" and bench is not None:
+        fast = [c for c in ("cuda", "triton") if why_unavailable(c, device_type) is None]
+        if len(fast) > 1:
+            key = (tuple(tensor.shape), str(tensor.dtype), tensor.is_contiguous())
+            return _module_for(measured_choice(op, key, fast, bench, device_type))
+    return _module_for(resolve_name(device_type))
 
 
 def report() -> dict:

@@ -39,7 +39,8 @@ def _stat_dtype(x: Tensor):
 def bn_act_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
     x = _dense(x)
-    return backends.resolve(x).bn_act_train_fwd(x, weight, bias, eps, negative_slope)
+    run = lambda be: be.bn_act_train_fwd(x, weight, bias, eps, negative_slope)  # noqa: E731
+    return run(backends.resolve(x, "bn_act_train", run))
 
 
 @bn_act_train.register_fake
@@ -54,7 +55,8 @@ def bn_act_eval(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mea
                 var: Tensor, eps: float, negative_slope: float) -> Tensor:
     x = _dense(x)
     mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
-    return backends.resolve(x).bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)
+    run = lambda be: be.bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)  # noqa: E731
+    return run(backends.resolve(x, "bn_act_eval", run))
 
 
 @bn_act_eval.register_fake
@@ -69,8 +71,9 @@ def bn_act_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias:
     x = _dense(x)
     grad_out = grad_out.contiguous(memory_format=_memory_format(x))
     mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
-    gx, gw, gb = backends.resolve(x).bn_act_bwd(grad_out, x, weight, bias, mean, var, eps,
-                                                negative_slope, batch_stats)
+    run = lambda be: be.bn_act_bwd(grad_out, x, weight, bias, mean, var, eps,  # noqa: E731
+                                   negative_slope, batch_stats)
+    gx, gw, gb = run(backends.resolve(x, "bn_act_backward", run))
     if gw is None:  # affine=False: custom ops return tensors, the autograd wrapper drops these
         gw, gb = x.new_empty((0,)), x.new_empty((0,))
     return gx, gw, gb

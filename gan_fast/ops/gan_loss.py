@@ -19,8 +19,8 @@ def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reducti
     """Returns (loss 0-dim, grad_real (empty for side 'g'), grad_fake)."""
     fake = fake.contiguous()
     real = None if real is None else real.contiguous()
-    loss, grad_real, grad_fake = backends.resolve(fake).gan_loss_fwd(
-        real, fake, kind, side, reduction, label_smoothing)
+    run = lambda be: be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)  # noqa: E731
+    loss, grad_real, grad_fake = run(backends.resolve(fake, "gan_loss", run))
     if grad_real is None:
         grad_real = fake.new_empty((0,))
     return loss, grad_real, grad_fake
