@@ -82,10 +82,12 @@ def extension_has(device_type: str) -> bool:
     return ext is not None and device_type in ext.compiled_device_types()
 
 
-def why_unavailable(name: str, device_type: str) -> str | None:
-    """None if backend `name` can run ops on `device_type` tensors, else the reason."""
+def why_unavailable(name: str, device_type: str, dtype: torch.dtype | None = None) -> str | None:
+    """None if backend `name` can run ops on `device_type` tensors (of `dtype`), else the reason."""
     if name == "reference":
         return None
+    if dtype == torch.float64 and (name == "triton" or device_type == "cuda"):
+        return f"the {name} backend has no float64 kernels on {device_type}"
     if name in ("cpu", "cuda"):
         if device_type != name:
             return f"the {name} backend runs {name} tensors, got {device_type} tensors"
@@ -120,19 +122,19 @@ def _auto_order(device_type: str):
     return ("cuda", "triton", "reference") if device_type == "cuda" else (device_type, "reference")
 
 
-def resolve_name(device_type: str) -> str:
-    """The concrete backend name that runs ops on `device_type` tensors now."""
+def resolve_name(device_type: str, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend name that runs ops on `device_type` tensors (of `dtype`) now."""
     name = requested()
     if name != "auto":
-        reason = why_unavailable(name, device_type)
+        reason = why_unavailable(name, device_type, dtype)
         if reason is not None:
             raise BackendUnavailable(f"gan_fast backend {name!r} was requested but cannot run: {reason}")
         return name
     for cand in _auto_order(device_type):
-        reason = why_unavailable(cand, device_type)
+        reason = why_unavailable(cand, device_type, dtype)
         if reason is None:
             return cand
-        key = (cand, device_type)
+        key = (cand, device_type, dtype)
         if key not in _logged:
             _logged.add(key)
             log.warning("gan_fast: backend %r skipped for %s tensors: %s", cand, device_type, reason)
@@ -179,11 +181,11 @@ def resolve(tensor: torch.Tensor, op: str | None = None, bench=None):
     """
     device_type = tensor.device.type
     if requested() == "auto" and device_type == "cuda" and bench is not None:
-        fast = [c for c in ("cuda", "triton") if why_unavailable(c, device_type) is None]
+        fast = [c for c in ("cuda", "triton") if why_unavailable(c, device_type, tensor.dtype) is None]
         if len(fast) > 1:
             key = (tuple(tensor.shape), str(tensor.dtype), tensor.is_contiguous())
             return _module_for(measured_choice(op, key, fast, bench, device_type))
-    return _module_for(resolve_name(device_type))
+    return _module_for(resolve_name(device_type, tensor.dtype))
 
 
 def report() -> dict:

@@ -59,3 +59,10 @@ def test_measured_choice_times_each_candidate_once_and_caches(monkeypatch):
     assert backends.measured_choice("op_x", key, ["cuda", "triton"], bench, "cpu") == "triton"
     assert len(calls) == n
     assert backends.choices()[("op_x", key)] == "triton"
+
+
+def test_float64_on_gpu_backends_is_refused_with_a_reason():
+    assert "float64" in backends.why_unavailable("triton", "cpu", torch.float64)
+    assert "float64" in backends.why_unavailable("cuda", "cuda", torch.float64)
+    with gan_fast.use_backend("auto"):
+        assert backends.resolve_name("cuda", torch.float64) == "reference"
