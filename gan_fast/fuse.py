@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_fast.nn import activation_slope, bn_act_from_module
+from gan_fast.ops.conv_bn_act import fused_block
 
 log = logging.getLogger("gan_fast")
 
@@ -42,14 +43,16 @@ class FusedConv2d(_FusedConvMixin, nn.Conv2d):
     """An nn.Conv2d whose forward also applies its absorbed BatchNorm2d + activation."""
 
     def forward(self, x):
-        return self._bn_act(self._conv_forward(x, self.weight, self.bias))
+        out = fused_block(x, self, self._gan_fast_bn, self._gan_fast_slope)  # None: not applicable
+        return out if out is not None else self._bn_act(self._conv_forward(x, self.weight, self.bias))
 
 
 class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
     """An nn.ConvTranspose2d whose forward also applies its absorbed BatchNorm2d + activation."""
 
     def forward(self, x, output_size=None):
-        return self._bn_act(nn.ConvTranspose2d.forward(self, x, output_size))
+        out = None if output_size is not None else fused_block(x, self, self._gan_fast_bn, self._gan_fast_slope)
+        return out if out is not None else self._bn_act(nn.ConvTranspose2d.forward(self, x, output_size))
 
 
 class AbsorbedBatchNorm2d(nn.BatchNorm2d):

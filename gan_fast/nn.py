@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_fast import functional
+from gan_fast.ops.conv_bn_act import fused_block
 
 __all__ = ["Conv2dBNAct", "ConvTranspose2dBNAct", "GANLoss", "bn_act_from_module"]
 
@@ -60,7 +61,8 @@ class _ConvBNAct(nn.Sequential):
         return activation_slope(self[2])
 
     def forward(self, x: Tensor) -> Tensor:
-        return bn_act_from_module(self[0](x), self[1], self.negative_slope)
+        out = fused_block(x, self[0], self[1], self.negative_slope)  # None: not applicable
+        return out if out is not None else bn_act_from_module(self[0](x), self[1], self.negative_slope)
 
     def to_stock(self) -> nn.Sequential:
         """The same layers as a plain nn.Sequential (shares parameters)."""

@@ -19,8 +19,6 @@ def small_gd():
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_compiled_fused_model_matches_eager(backend, momentum):
     name, device = backend
-    if name == "triton" and device == "cpu":
-        pytest.skip("inductor cannot run the Triton interpreter inside a compiled graph on CPU")
     torch._dynamo.reset()
     torch.manual_seed(0)
     g, d = small_gd()

@@ -38,22 +38,6 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 STAT_TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_interpreter():
-    """The interpreter checks every int32 add/mul for overflow, which doubles its run
-    time; the host code already guarantees int32-safe offsets (numel < 2**31).
-    Switched off for this module only and restored afterwards."""
-    import triton.runtime.interpreter as interp
-    builder = getattr(interp, "interpreter_builder", None)
-    old = getattr(builder, "options", None)
-    if os.environ.get("TRITON_INTERPRET") != "1" or not dataclasses.is_dataclass(old):
-        yield
-        return
-    interp.interpreter_builder.options = dataclasses.replace(old, sanitize_overflow=False)
-    yield
-    interp.interpreter_builder.options = old
-
-
 @pytest.fixture(autouse=True)
 def _no_tf32():
     old = torch.backends.cudnn.allow_tf32

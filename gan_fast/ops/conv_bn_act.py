@@ -1,0 +1,346 @@
+"""Custom ops for the fused block conv (Conv2d | ConvTranspose2d) -> BatchNorm2d -> LeakyReLU
+(``gan_fast::conv_bn_act_*``), on the Triton backend only.
+
+* ``conv_bn_act_train(x, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride,
+  padding, output_padding, eps, slope) -> (out, y, mean, var)``: the conv writes y and the
+  per-channel batch statistics in its epilogue (Triton ``conv*_stats``), then one
+  elementwise pass applies BN + activation. y (the saved pre-BN conv output) and
+  mean / biased var (fp32 (C_out,)) are non-differentiable outputs; mean/var feed the
+  running statistics. Autograd saves x, the conv weight, y and the statistics (never the
+  activation output) and calls ``conv_bn_act_backward``.
+* ``conv_bn_act_backward(...) -> (grad_x, grad_w, grad_conv_bias, grad_bn_w, grad_bn_b)``:
+  Triton ``bn_act_conv_backward``: one reduction over (grad_out, y), then dgrad and
+  wgrad GEMMs that rebuild dL/dy in their operand loads. Gradients that are not
+  wanted (or whose input was None) come back as empty (0,) tensors.
+* ``conv_bn_act_eval(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
+  running_var, transposed, stride, padding, output_padding, eps, slope) -> out``: BN
+  folded into the conv, activation in the epilogue: one Triton kernel. Its backward
+  recomputes y with the stock convolution and uses ``gan_fast::bn_act_backward`` and
+  ``aten.convolution_backward`` (correct first; not the fast path).
+
+``fused_block(x, conv, bn, negative_slope)`` is the entry point of the modules: it
+applies BatchNorm2d's mode semantics (as ``gan_fast.nn.bn_act_from_module``) around these
+ops, or returns None when the fused conv does not apply (then the caller runs the conv
+and ``bn_act`` separately). When it applies:
+
+* the backend: ``GAN_FAST_BACKEND`` / ``use_backend`` resolves to ``triton`` for x's
+  device; or it is ``auto`` on CUDA tensors and ``GAN_FAST_FUSED_CONV=1`` is set (under
+  ``auto`` the fused conv is opt-in until ``auto`` times it against cuDNN + the separate
+  bn_act op per shape). ``GAN_FAST_FUSED_CONV=0`` switches the fused conv off everywhere.
+  The decision is taken when the module is called (under torch.compile: when it is
+  traced; it is treated as a constant, so changing the backend afterwards needs a
+  re-trace, e.g. ``torch._dynamo.reset()``);
+* the conv: groups=1, dilation=1, padding_mode='zeros', numeric padding, no forward
+  hooks on the conv or the BatchNorm (e.g. spectral_norm), out_channels ==
+  bn.num_features;
+* the input: 4-D, non-empty, fp32/fp16/bf16, the conv weight (and bias) of the same
+  dtype and device, BN parameters fp32 or x's dtype, autocast off (under autocast the
+  stock conv decides the compute dtype: the caller falls back).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from gan_fast import backends
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INT32_MAX = 2 ** 31 - 1
+
+
+# ----------------------------------------------------------------------------- helpers
+def _dense(x: Tensor) -> Tensor:
+    """x as contiguous NCHW or channels_last."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _conv_memory_format(x: Tensor):
+    """The memory format the Triton conv kernels give their outputs for input x (the rule
+    of gan_fast.kernels.triton.conv._memory_format, repeated here so the fake
+    implementations need no triton import)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and (
+            not x.is_contiguous() or x.stride() != x.contiguous().stride()):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _out_hw(x_shape, w_shape, transposed, stride, padding, output_padding):
+    h, w = x_shape[2], x_shape[3]
+    kh, kw = w_shape[2], w_shape[3]
+    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
+    if transposed:
+        return (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def _c_out(w_shape, transposed):
+    return w_shape[1] if transposed else w_shape[0]
+
+
+def _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding):
+    x = _dense(x)
+    oh, ow = _out_hw(x.shape, conv_weight.shape, transposed, stride, padding, output_padding)
+    return torch.empty((x.shape[0], _c_out(conv_weight.shape, transposed), oh, ow),
+                       dtype=x.dtype, device=x.device, memory_format=_conv_memory_format(x))
+
+
+def _triton(x: Tensor):
+    reason = backends.why_unavailable("triton", x.device.type)
+    if reason is not None:
+        raise backends.BackendUnavailable(f"gan_fast fused conv needs the triton backend: {reason}")
+    from gan_fast.kernels.triton import bn_act as tbn
+    from gan_fast.kernels.triton import conv as tconv
+    return tconv, tbn
+
+
+def _empty(x: Tensor) -> Tensor:
+    return x.new_empty((0,))
+
+
+# ------------------------------------------------------------------------ training ops
+@torch.library.custom_op("gan_fast::conv_bn_act_train", mutates_args=())
+def conv_bn_act_train(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                      bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], transposed: bool,
+                      stride: List[int], padding: List[int], output_padding: List[int],
+                      eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    tconv, tbn = _triton(x)
+    x = _dense(x)
+    if transposed:
+        y, mean, var = tconv.conv_transpose2d_stats(x, conv_weight, conv_bias, stride, padding,
+                                                    output_padding)
+    else:
+        y, mean, var = tconv.conv2d_stats(x, conv_weight, conv_bias, stride, padding)
+    out = tbn.bn_act_eval_fwd(y, bn_weight, bn_bias, mean, var, eps, negative_slope)
+    return out, y, mean, var
+
+
+@conv_bn_act_train.register_fake
+def _(x, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride, padding,
+      output_padding, eps, negative_slope):
+    y = _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding)
+    c = y.shape[1]
+    stat = lambda: x.new_empty((c,), dtype=torch.float32)  # noqa: E731
+    return torch.empty_like(y), y, stat(), stat()
+
+
+@torch.library.custom_op("gan_fast::conv_bn_act_backward", mutates_args=())
+def conv_bn_act_backward(grad_out: Tensor, x: Tensor, conv_weight: Tensor, y: Tensor,
+                         mean: Tensor, var: Tensor, bn_weight: Optional[Tensor],
+                         bn_bias: Optional[Tensor], transposed: bool, stride: List[int],
+                         padding: List[int], eps: float, negative_slope: float,
+                         has_conv_bias: bool, needs_input_grad: bool
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    tconv, _ = _triton(x)
+    x, y = _dense(x), _dense(y)
+    grad_out = grad_out.contiguous(memory_format=_conv_memory_format(y))
+    gx, gw, gb, gbw, gbb = tconv.bn_act_conv_backward(
+        grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, eps, negative_slope,
+        stride, padding, transposed=transposed, has_conv_bias=has_conv_bias,
+        needs_input_grad=needs_input_grad)
+    # The kernels may return views of one workspace (e.g. rows of a (3, C) buffer);
+    # custom-op outputs must not alias each other: such views are copied (O(C) or O(weight)).
+    own = lambda t: _empty(x) if t is None else (t.clone() if t._base is not None else t)  # noqa: E731
+    return own(gx), own(gw), own(gb), own(gbw), own(gbb)
+
+
+@conv_bn_act_backward.register_fake
+def _(grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, transposed, stride, padding,
+      eps, negative_slope, has_conv_bias, needs_input_grad):
+    x = _dense(x)
+    gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                      memory_format=_conv_memory_format(x)) if needs_input_grad else _empty(x))
+    gw = torch.empty(conv_weight.shape, dtype=conv_weight.dtype, device=conv_weight.device)
+    c = y.shape[1]
+    gb = x.new_empty((c,), dtype=conv_weight.dtype) if has_conv_bias else _empty(x)
+    if bn_weight is None:
+        return gx, gw, gb, _empty(x), _empty(x)
+    return gx, gw, gb, torch.empty_like(bn_weight), torch.empty_like(bn_bias)
+
+
+def _setup_train(ctx, inputs, output):
+    (x, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride, padding,
+     output_padding, eps, negative_slope) = inputs
+    _, y, mean, var = output
+    ctx.save_for_backward(x, conv_weight, y, mean, var, bn_weight, bn_bias)
+    ctx.has_conv_bias = conv_bias is not None
+    ctx.transposed, ctx.stride, ctx.padding = transposed, stride, padding
+    ctx.eps, ctx.negative_slope = eps, negative_slope
+    ctx.mark_non_differentiable(y, mean, var)
+
+
+def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
+    x, conv_weight, y, mean, var, bn_weight, bn_bias = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gx, gw, gb, gbw, gbb = conv_bn_act_backward(
+        grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, ctx.transposed, ctx.stride,
+        ctx.padding, ctx.eps, ctx.negative_slope, ctx.has_conv_bias, need[0])
+    affine = bn_weight is not None
+    return (gx if need[0] else None, gw if need[1] else None,
+            gb if ctx.has_conv_bias and need[2] else None,
+            gbw if affine and need[3] else None, gbb if affine and need[4] else None,
+            None, None, None, None, None, None)
+
+
+conv_bn_act_train.register_autograd(_backward_train, setup_context=_setup_train)
+
+
+# ---------------------------------------------------------------------------- eval op
+@torch.library.custom_op("gan_fast::conv_bn_act_eval", mutates_args=())
+def conv_bn_act_eval(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                     bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+                     running_mean: Tensor, running_var: Tensor, transposed: bool,
+                     stride: List[int], padding: List[int], output_padding: List[int],
+                     eps: float, negative_slope: float) -> Tensor:
+    tconv, _ = _triton(x)
+    x = _dense(x)
+    if transposed:
+        return tconv.conv_transpose2d_bn_act_eval(
+            x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, eps,
+            negative_slope, stride, padding, output_padding)
+    return tconv.conv2d_bn_act_eval(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean,
+                                    running_var, eps, negative_slope, stride, padding)
+
+
+@conv_bn_act_eval.register_fake
+def _(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, transposed,
+      stride, padding, output_padding, eps, negative_slope):
+    return _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding)
+
+
+def _setup_eval(ctx, inputs, output):
+    (x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, transposed,
+     stride, padding, output_padding, eps, negative_slope) = inputs
+    ctx.save_for_backward(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var)
+    ctx.transposed, ctx.stride, ctx.padding = transposed, stride, padding
+    ctx.output_padding, ctx.eps, ctx.negative_slope = output_padding, eps, negative_slope
+
+
+def _backward_eval(ctx, grad_out):
+    """Recompute y = conv(x) (stock), BN+activation backward with the running statistics
+    as constants (gan_fast::bn_act_backward), then the stock convolution backward."""
+    x, w, b, bn_w, bn_b, running_mean, running_var = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dilation = [1, 1]
+    y = torch.ops.aten.convolution(x, w, b, ctx.stride, ctx.padding, dilation, ctx.transposed,
+                                   ctx.output_padding, 1)
+    gy, gbw, gbb = torch.ops.gan_fast.bn_act_backward(
+        grad_out, y, bn_w, bn_b, running_mean, running_var, ctx.eps, ctx.negative_slope, False)
+    gx = gw = gb = None
+    if need[0] or need[1] or need[2]:
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            gy, x, w, [w.shape[1] if ctx.transposed else w.shape[0]] if b is not None else None,
+            ctx.stride, ctx.padding, dilation, ctx.transposed, ctx.output_padding, 1,
+            [need[0], need[1], b is not None and need[2]])
+    affine = bn_w is not None
+    return (gx if need[0] else None, gw if need[1] else None,
+            gb if b is not None and need[2] else None,
+            gbw if affine and need[3] else None, gbb if affine and need[4] else None,
+            None, None, None, None, None, None, None, None)
+
+
+conv_bn_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
+
+
+# ------------------------------------------------------------------------ module entry
+@torch._dynamo.assume_constant_result
+def _fused_conv_enabled(device_type: str) -> bool:
+    """Whether the fused conv runs for `device_type` tensors now (see the module docstring).
+    A constant for torch.compile: the backend machinery is plain Python it need not trace."""
+    flag = os.environ.get("GAN_FAST_FUSED_CONV")
+    if flag == "0":
+        return False
+    if backends.requested() == "auto":
+        return (device_type == "cuda" and flag == "1"
+                and backends.why_unavailable("triton", device_type) is None)
+    return backends.resolve_name(device_type) == "triton"
+
+
+def _applies(x: Tensor, conv, bn) -> bool:
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.dtype not in _DTYPES or x.numel() == 0:
+        return False
+    if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros":
+        return False
+    if isinstance(conv.padding, str):
+        return False
+    w, b = conv.weight, conv.bias
+    if w.dtype != x.dtype or w.device != x.device or (b is not None and
+                                                      (b.dtype != x.dtype or b.device != x.device)):
+        return False
+    if conv.out_channels != bn.num_features:
+        return False
+    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        if t is not None and t.device != x.device:
+            return False
+    for t in (bn.weight, bn.bias):
+        if t is not None and t.dtype not in (torch.float32, x.dtype):
+            return False
+    if (bn.weight is None) != (bn.bias is None):
+        return False
+    for m in (conv, bn):
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+    if x.numel() > _INT32_MAX or torch.is_autocast_enabled(x.device.type):
+        return False
+    return _fused_conv_enabled(x.device.type)
+
+
+def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
+                output_padding=None) -> Optional[Tensor]:
+    """act(bn(conv(x))) through the fused-conv ops, or None when they do not apply.
+
+    conv: an nn.Conv2d or nn.ConvTranspose2d (its weight, bias, stride, padding and, if
+    transposed, output_padding are used; pass output_padding to override the module's);
+    bn: an nn.BatchNorm2d whose parameters, buffers and mode (train/eval,
+    track_running_stats, momentum incl. None) are honoured exactly as
+    ``gan_fast.nn.bn_act_from_module`` does; running statistics are updated in place in
+    training. Returns (N, C_out, H', W') like x, or None (the caller then falls back to
+    the unfused path: conv, then bn_act).
+    """
+    if not _applies(x, conv, bn):
+        return None
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    stride, padding = [int(s) for s in conv.stride], [int(p) for p in conv.padding]
+    if transposed:
+        op = conv.output_padding if output_padding is None else output_padding
+        output_padding = [int(p) for p in op]
+    else:
+        output_padding = [0, 0]
+    oh, ow = _out_hw(x.shape, conv.weight.shape, transposed, stride, padding, output_padding)
+    if oh <= 0 or ow <= 0:
+        return None  # the stock conv raises its own error
+    c = conv.out_channels
+    if x.shape[0] * c * oh * ow > _INT32_MAX:
+        return None
+
+    # BatchNorm2d's mode semantics, as gan_fast.nn.bn_act_from_module / functional.bn_act.
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        momentum = bn.momentum  # None: cumulative average
+    else:
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    running_mean = bn.running_mean if track else None
+    running_var = bn.running_var if track else None
+    num_batches_tracked = bn.num_batches_tracked if (bn.training and bn.track_running_stats) else None
+    if (running_mean is None) != (running_var is None):
+        return None
+    w, b = conv.weight, conv.bias
+    if training or running_mean is None:
+        n = x.shape[0] * oh * ow
+        if n <= 1:  # the same check and message as torch.nn.functional.batch_norm
+            size = torch.Size((x.shape[0], c, oh, ow))
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+        out, _, mean, var = conv_bn_act_train(x, w, b, bn.weight, bn.bias, transposed, stride,
+                                              padding, output_padding, bn.eps, negative_slope)
+        if training and running_mean is not None:
+            from gan_fast.functional import _update_running_stats  # functional imports ops
+            _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
+                                  momentum, n)
+        return out
+    return conv_bn_act_eval(x, w, b, bn.weight, bn.bias, running_mean, running_var, transposed,
+                            stride, padding, output_padding, bn.eps, negative_slope)
