@@ -1,0 +1,685 @@
+// bn_act CPU kernels (templates). Included once per instruction set, with
+// GAN_FAST_ISA naming the namespace (see bn_act_kernels.h). Everything except
+// `kernels()` has internal linkage, so the copies never clash.
+//
+// Layouts:
+//  * NCHW: channel c of image n is the contiguous plane x[(n*C + c)*HW ...].
+//    Work is cut into plane chunks taken in memory order. Reductions: a task
+//    is a run of chunks with its own per-channel partial sums (combined
+//    afterwards); each chunk accumulates in registers.
+//  * channels_last: rows of C contiguous values, one row per (n, h, w), read
+//    row after row. Reductions: a task is a range of rows with its own
+//    per-channel partial sums (combined afterwards). Elementwise: ranges of
+//    rows; per-channel parameters are reloaded from L1 for every row.
+// Work is split the same way whatever the thread count, so results are
+// bitwise reproducible.
+//
+// Numerics: sums of float values run in float vector lanes for at most
+// kFlushStats / kFlushBwd steps (or rows), then move to double. The statistics
+// pass sums x in double lanes (the mean) and (x - K)^2 with K one sample of
+// the channel (shifted sum: the variance does not cancel for a large mean).
+// z = (x - mean) * scale + bias is computed with separate subtract, multiply
+// and add (the build uses -ffp-contract=off) exactly as the reference does, so
+// the sign of z at the kink matches it bit for bit (x == mean gives z == bias).
+#pragma once
+
+#ifndef GAN_FAST_ISA
+#error "define GAN_FAST_ISA before including bn_act_impl.h"
+#endif
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "bn_act_kernels.h"
+
+namespace gan_fast::cpu::GAN_FAST_ISA {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kTaskElems = 16384;  // elements per parallel task
+constexpr int64_t kParallelMin = 32768;  // below this many elements: one thread
+// float vector steps (NCHW) / rows (channels_last) summed in acc_t before the
+// sums move to double: short for the variance (the reference's statistics are
+// float64 two-pass ones), longer for the backward sums (the reference's are
+// float32 sums)
+constexpr int64_t kFlushStats = 8, kFlushBwd = 32;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// grain for at::parallel_for over `tasks` tasks of `per_task` elements each
+inline int64_t grain_for(int64_t per_task) {
+  return std::max<int64_t>(1, kParallelMin / std::max<int64_t>(1, per_task));
+}
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+// Loads/stores 2 vectors of the accumulation type (float, or double) per step.
+template <typename T>
+struct Lanes {
+  using acc_t = typename AccOf<T>::type;
+  using V = Vectorized<acc_t>;
+  static constexpr int64_t kHalf = V::size();
+  static constexpr int64_t kW = 2 * V::size();
+
+  static inline void load(const T* p, V& a, V& b) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      a = V::loadu(p);
+      b = V::loadu(p + kHalf);
+    } else {
+      static_assert(Vectorized<T>::size() == kW, "16-bit vector holds 2 float vectors");
+      std::tie(a, b) = at::vec::convert_to_float<T>(Vectorized<T>::loadu(p));
+    }
+  }
+  static inline void store(T* p, const V& a, const V& b) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      a.store(p);
+      b.store(p + kHalf);
+    } else {
+      at::vec::convert_from_float<T>(a, b).store(p);
+    }
+  }
+  static inline acc_t ld(const T* p) { return static_cast<acc_t>(*p); }
+  static inline void st(T* p, acc_t v) { *p = static_cast<T>(v); }
+};
+
+// z > 0 ? a : b  (b when z is NaN), for vectors and scalars
+template <typename V>
+inline V pos_select(const V& z, const V& a, const V& b) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512) || defined(__aarch64__)
+  return V::blendv(b, a, z > V(0));
+#else
+  // at::vec's generic blendv branches per lane; a plain select loop vectorizes
+  using acc_t = typename V::value_type;
+  alignas(64) acc_t zb[V::size()], ab[V::size()], bb[V::size()];
+  z.store(zb);
+  a.store(ab);
+  b.store(bb);
+  for (int64_t i = 0; i < V::size(); ++i) ab[i] = zb[i] > acc_t(0) ? ab[i] : bb[i];
+  return V::loadu(ab);
+#endif
+}
+inline float pos_select(float z, float a, float b) { return z > 0 ? a : b; }
+inline double pos_select(double z, double a, double b) { return z > 0 ? a : b; }
+
+// Widening: one float vector -> two double vectors (double: identity split).
+using VD = Vectorized<double>;
+static_assert(Vectorized<float>::size() == 2 * VD::size(), "float vector = 2 double vectors");
+
+inline void widen(const Vectorized<float>& v, VD& a, VD& b) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m256 x = v;
+  a = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+  b = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+  alignas(64) float f[Vectorized<float>::size()];
+  alignas(64) double d[Vectorized<float>::size()];
+  v.store(f);
+  for (int64_t i = 0; i < Vectorized<float>::size(); ++i) d[i] = f[i];
+  a = VD::loadu(d);
+  b = VD::loadu(d + VD::size());
+#endif
+}
+
+// dst[i] += src[i] for i < n, src in acc_t, dst in double
+template <typename acc_t>
+inline void add_widened(double* dst, const acc_t* src, int64_t n) {
+  using V = Vectorized<acc_t>;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (; i + V::size() <= n; i += V::size()) {
+      VD a, b;
+      widen(V::loadu(src + i), a, b);
+      (VD::loadu(dst + i) + a).store(dst + i);
+      (VD::loadu(dst + i + VD::size()) + b).store(dst + i + VD::size());
+    }
+  }
+  for (; i < n; ++i) dst[i] += src[i];
+}
+
+// kN running sums. The first kWide go straight into double vector lanes every
+// step; the others run in acc_t vector lanes and move into the double lanes
+// every kFlush steps. No horizontal sum on the hot path; total(k) adds the
+// lanes up once.
+template <typename acc_t, int kN, int kWide, int64_t kFlush>
+struct SumN {
+  using V = Vectorized<acc_t>;
+  static constexpr bool kF = std::is_same_v<acc_t, float>;
+  static constexpr int kDV = kF ? 4 : 2;  // double vectors per 2 V
+  V lo[kN], hi[kN];
+  VD wide[kN][kDV];
+  int64_t steps = 0;
+  double tail[kN] = {};
+  SumN() {
+    for (int k = 0; k < kN; ++k) {
+      lo[k] = hi[k] = V(acc_t(0));
+      for (int j = 0; j < kDV; ++j) wide[k][j] = VD(0.0);
+    }
+  }
+  inline void add_wide(int k, const V& a, const V& b) {
+    if constexpr (kF) {
+      VD a0, a1, b0, b1;
+      widen(a, a0, a1);
+      widen(b, b0, b1);
+      wide[k][0] += a0;
+      wide[k][1] += a1;
+      wide[k][2] += b0;
+      wide[k][3] += b1;
+    } else {
+      wide[k][0] += a;
+      wide[k][1] += b;
+    }
+  }
+  inline void add(const V* a, const V* b) {
+    for (int k = 0; k < kWide; ++k) add_wide(k, a[k], b[k]);
+    for (int k = kWide; k < kN; ++k) {
+      lo[k] += a[k];
+      hi[k] += b[k];
+    }
+    if constexpr (kWide < kN) {
+      if (++steps == kFlush) flush();
+    }
+  }
+  inline void add(const acc_t* a) {
+    for (int k = 0; k < kN; ++k) tail[k] += a[k];
+  }
+  inline void flush() {
+    if (steps == 0) return;
+    for (int k = kWide; k < kN; ++k) {
+      add_wide(k, lo[k], hi[k]);
+      lo[k] = hi[k] = V(acc_t(0));
+    }
+    steps = 0;
+  }
+  inline double total(int k) const {
+    VD w = wide[k][0];
+    for (int j = 1; j < kDV; ++j) w += wide[k][j];
+    alignas(64) double d[VD::size()];
+    w.store(d);
+    double t = 0;
+    for (int64_t i = 0; i < VD::size(); ++i) t += d[i];
+    return t + tail[k];
+  }
+};
+
+// ----------------------------------------------------------------- the ops
+// Each op gives a functor per channel: bcast<VV>(c) broadcasts channel c's
+// parameters (VV = vector or scalar), lanes(c) loads channels c.. c+V::size()
+// one per lane (channels_last).
+
+// Statistics: sum(x) straight into double lanes (the mean, as accurate as the
+// reference's float64 sum and exact for a constant channel; for double data
+// sum(x - K) instead, exact differences for a large mean) and sum((x - K)^2)
+// with K = one sample of the channel (shifted, so the variance
+// S_dd / n - (mean - K)^2 does not cancel for a large mean).
+template <typename acc_t>
+struct StatsOp {
+  static constexpr bool kNeedsG = false;
+  static constexpr int kN = 2, kWide = 1;
+  static constexpr int64_t kFlush = kFlushStats;
+  using V = Vectorized<acc_t>;
+  const acc_t* K;
+  template <typename VV>
+  struct F {
+    VV k;
+    inline void operator()(const VV& x, const VV&, VV* out) const {
+      const VV d = x - k;
+      if constexpr (std::is_same_v<acc_t, double>) {
+        out[0] = d;  // double data: shifted sum, exact x - K for a large mean
+      } else {
+        out[0] = x;  // float data: exact in double lanes
+      }
+      out[1] = d * d;
+    }
+  };
+  template <typename VV>
+  F<VV> bcast(int64_t c) const { return F<VV>{VV(K[c])}; }
+  F<V> lanes(int64_t c) const { return F<V>{V::loadu(K + c)}; }
+};
+
+template <typename acc_t>
+struct FwdOp {
+  using V = Vectorized<acc_t>;
+  const acc_t *mean, *scale, *bias;
+  acc_t slope;
+  template <typename VV>
+  struct F {
+    VV m, sc, b, sl;
+    inline VV operator()(const VV& x, const VV&) const {
+      VV z = (x - m) * sc + b;
+      return pos_select(z, z, z * sl);
+    }
+  };
+  template <typename VV>
+  F<VV> bcast(int64_t c) const {
+    return F<VV>{VV(mean[c]), VV(scale[c]), VV(bias[c]), VV(slope)};
+  }
+  F<V> lanes(int64_t c) const {
+    return F<V>{V::loadu(mean + c), V::loadu(scale + c), V::loadu(bias + c), V(slope)};
+  }
+};
+
+template <typename acc_t>
+struct BwdReduceOp {
+  static constexpr bool kNeedsG = true;
+  static constexpr int kN = 2, kWide = 0;
+  static constexpr int64_t kFlush = kFlushBwd;
+  using V = Vectorized<acc_t>;
+  const acc_t *mean, *scale, *bias;
+  acc_t slope;
+  template <typename VV>
+  struct F {
+    VV m, sc, b, sl;
+    inline void operator()(const VV& x, const VV& g, VV* out) const {
+      const VV xc = x - m;
+      const VV z = xc * sc + b;
+      const VV dz = pos_select(z, g, g * sl);
+      out[0] = dz;
+      out[1] = dz * xc;
+    }
+  };
+  template <typename VV>
+  F<VV> bcast(int64_t c) const {
+    return F<VV>{VV(mean[c]), VV(scale[c]), VV(bias[c]), VV(slope)};
+  }
+  F<V> lanes(int64_t c) const {
+    return F<V>{V::loadu(mean + c), V::loadu(scale + c), V::loadu(bias + c), V(slope)};
+  }
+};
+
+// gx = (scale * dz - B) - (x - mean) * K2   (kBatch)
+// gx = scale * dz                           (!kBatch)
+template <typename acc_t, bool kBatch>
+struct BwdApplyOp {
+  using V = Vectorized<acc_t>;
+  const acc_t *mean, *scale, *bias, *B, *K2;
+  acc_t slope;
+  template <typename VV>
+  struct F {
+    VV m, sc, b, bb, k2, sl;
+    inline VV operator()(const VV& x, const VV& g) const {
+      const VV xc = x - m;
+      const VV z = xc * sc + b;
+      const VV dz = pos_select(z, g, g * sl);
+      if constexpr (kBatch) {
+        return (sc * dz - bb) - xc * k2;
+      } else {
+        return sc * dz;
+      }
+    }
+  };
+  template <typename VV>
+  F<VV> bcast(int64_t c) const {
+    return F<VV>{VV(mean[c]), VV(scale[c]), VV(bias[c]), VV(kBatch ? B[c] : acc_t(0)),
+                 VV(kBatch ? K2[c] : acc_t(0)), VV(slope)};
+  }
+  F<V> lanes(int64_t c) const {
+    return F<V>{V::loadu(mean + c), V::loadu(scale + c), V::loadu(bias + c),
+                kBatch ? V::loadu(B + c) : V(acc_t(0)), kBatch ? V::loadu(K2 + c) : V(acc_t(0)),
+                V(slope)};
+  }
+};
+
+// ------------------------------------------------------------ reductions
+// out[k][c] = per-channel sum of the op's k-th output (k < Op::kN).
+template <typename Op>
+void combine(const std::vector<double>& part, int64_t tasks, int64_t C, double* const* out) {
+  for (int k = 0; k < Op::kN; ++k) {
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0;
+      for (int64_t t = 0; t < tasks; ++t) sum += part[(t * Op::kN + k) * C + c];
+      out[k][c] = sum;
+    }
+  }
+}
+
+template <typename T, typename Op>
+void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double* const* out) {
+  using L = Lanes<T>;
+  using acc_t = typename L::acc_t;
+  using V = typename L::V;
+  constexpr int64_t kW = L::kW;
+  constexpr int kN = Op::kN;
+  const int64_t C = s.C, HW = s.HW;
+  // units = plane chunks in memory order; a task = a run of units, with its
+  // own per-channel partial sums part[t][k][c] (combined afterwards)
+  const int64_t hw_chunk = std::min(HW, kTaskElems);
+  const int64_t n_chunks = ceil_div(HW, hw_chunk);
+  const int64_t units = s.N * C * n_chunks;
+  const int64_t units_per = std::max<int64_t>(1, kTaskElems / hw_chunk);
+  const int64_t tasks = ceil_div(units, units_per);
+  std::vector<double> part(tasks * kN * C, 0.0);
+  at::parallel_for(0, tasks, grain_for(units_per * hw_chunk), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      double* tp = part.data() + t * kN * C;
+      const int64_t u1 = std::min(units, (t + 1) * units_per);
+      for (int64_t u = t * units_per; u < u1; ++u) {
+        const int64_t plane = u / n_chunks, c = plane % C;
+        const int64_t h0 = (u % n_chunks) * hw_chunk, len = std::min(hw_chunk, HW - h0);
+        const int64_t off = plane * HW + h0;
+        const T* px = x + off;
+        const T* pg = Op::kNeedsG ? g + off : nullptr;
+        const auto fv = op.template bcast<V>(c);
+        SumN<acc_t, kN, Op::kWide, Op::kFlush> acc;
+        int64_t i = 0;
+        for (; i + kW <= len; i += kW) {
+          V xa, xb, ga(acc_t(0)), gb(acc_t(0)), oa[kN], ob[kN];
+          L::load(px + i, xa, xb);
+          if constexpr (Op::kNeedsG) L::load(pg + i, ga, gb);
+          fv(xa, ga, oa);
+          fv(xb, gb, ob);
+          acc.add(oa, ob);
+        }
+        if (i < len) {
+          const auto fs = op.template bcast<acc_t>(c);
+          for (; i < len; ++i) {
+            acc_t gs = 0, os[kN];
+            if constexpr (Op::kNeedsG) gs = L::ld(pg + i);
+            fs(L::ld(px + i), gs, os);
+            acc.add(os);
+          }
+        }
+        acc.flush();
+        for (int k = 0; k < kN; ++k) tp[k * C + c] += acc.total(k);
+      }
+    }
+  });
+  combine<Op>(part, tasks, C, out);
+}
+
+template <typename T, typename Op>
+void reduce_cl(const T* x, const T* g, const BnShape& s, const Op& op, double* const* out) {
+  using L = Lanes<T>;
+  using acc_t = typename L::acc_t;
+  using V = typename L::V;
+  constexpr int64_t kW = L::kW, kHalf = L::kHalf;
+  constexpr int kN = Op::kN;
+  const int64_t C = s.C, R = s.N * s.HW;
+  const int64_t rows_per = std::max<int64_t>(1, kTaskElems / C);
+  const int64_t tasks = ceil_div(R, rows_per);
+  const int64_t Cv = C - C % kW;  // channels handled by vectors
+  std::vector<double> part(tasks * kN * C, 0.0);
+  at::parallel_for(0, tasks, grain_for(rows_per * C), [&](int64_t begin, int64_t end) {
+    // row-major streaming; per-channel sums acc[k][c] (L1-resident): in
+    // double for the first kWide outputs, else in acc_t and moved to the
+    // task's double partials every Op::kFlush rows
+    constexpr int kWide = Op::kWide;
+    std::vector<acc_t> acc(kN * C);
+    for (int64_t t = begin; t < end; ++t) {
+      double* tp = part.data() + t * kN * C;
+      const int64_t r0 = t * rows_per, r1 = std::min(R, r0 + rows_per);
+      for (int64_t rb = r0; rb < r1; rb += Op::kFlush) {
+        const int64_t re = std::min(r1, rb + Op::kFlush);
+        std::fill(acc.begin() + kWide * C, acc.end(), acc_t(0));
+        // vector channels: kRows rows at a time, summed in registers before
+        // the accumulators in memory are touched
+        auto vec_rows = [&](int64_t r, auto rows_tag) {
+          constexpr int kRows = decltype(rows_tag)::value;
+          for (int64_t c = 0; c < Cv; c += kW) {
+            const auto fa = op.lanes(c);
+            const auto fb = op.lanes(c + kHalf);
+            V sa[kN], sb[kN];
+            VD sw[kWide > 0 ? kWide : 1][4];
+            for (int j = 0; j < kRows; ++j) {
+              const int64_t off = (r + j) * C + c;
+              V xa, xb, ga(acc_t(0)), gb(acc_t(0)), oa[kN], ob[kN];
+              L::load(x + off, xa, xb);
+              if constexpr (Op::kNeedsG) L::load(g + off, ga, gb);
+              fa(xa, ga, oa);
+              fb(xb, gb, ob);
+              for (int k = 0; k < kWide; ++k) {
+                VD w[4];
+                if constexpr (std::is_same_v<acc_t, float>) {
+                  widen(oa[k], w[0], w[1]);
+                  widen(ob[k], w[2], w[3]);
+                } else {
+                  w[0] = oa[k];
+                  w[1] = ob[k];
+                }
+                constexpr int nw = std::is_same_v<acc_t, float> ? 4 : 2;
+                for (int q = 0; q < nw; ++q) sw[k][q] = j == 0 ? w[q] : sw[k][q] + w[q];
+              }
+              for (int k = kWide; k < kN; ++k) {
+                sa[k] = j == 0 ? oa[k] : sa[k] + oa[k];
+                sb[k] = j == 0 ? ob[k] : sb[k] + ob[k];
+              }
+            }
+            for (int k = 0; k < kWide; ++k) {
+              double* pw = tp + k * C + c;
+              constexpr int nw = std::is_same_v<acc_t, float> ? 4 : 2;
+              for (int q = 0; q < nw; ++q) {
+                (VD::loadu(pw + q * VD::size()) + sw[k][q]).store(pw + q * VD::size());
+              }
+            }
+            for (int k = kWide; k < kN; ++k) {
+              acc_t* pa = acc.data() + k * C + c;
+              (V::loadu(pa) + sa[k]).store(pa);
+              (V::loadu(pa + kHalf) + sb[k]).store(pa + kHalf);
+            }
+          }
+        };
+        int64_t r = rb;
+        for (; r + 2 <= re; r += 2) vec_rows(r, std::integral_constant<int, 2>{});
+        if (r < re) vec_rows(r, std::integral_constant<int, 1>{});
+        if (Cv < C) {
+          for (int64_t rr = rb; rr < re; ++rr) {
+            const T* px = x + rr * C;
+            const T* pg = Op::kNeedsG ? g + rr * C : nullptr;
+            for (int64_t c = Cv; c < C; ++c) {
+              acc_t gs = 0, os[kN];
+              if constexpr (Op::kNeedsG) gs = L::ld(pg + c);
+              op.template bcast<acc_t>(c)(L::ld(px + c), gs, os);
+              for (int k = 0; k < kWide; ++k) tp[k * C + c] += os[k];
+              for (int k = kWide; k < kN; ++k) acc[k * C + c] += os[k];
+            }
+          }
+        }
+        add_widened(tp + kWide * C, acc.data() + kWide * C, (kN - kWide) * C);
+      }
+    }
+  });
+  combine<Op>(part, tasks, C, out);
+}
+
+// ------------------------------------------------------------ elementwise
+// out = op(x, g) elementwise; g may be null when the op ignores it.
+template <typename T, typename Op>
+void map_nchw(const T* x, const T* g, T* out, const BnShape& s, const Op& op) {
+  using L = Lanes<T>;
+  using acc_t = typename L::acc_t;
+  using V = typename L::V;
+  constexpr int64_t kW = L::kW;
+  const int64_t C = s.C, HW = s.HW;
+  const int64_t hw_chunk = std::min(HW, kTaskElems);
+  const int64_t n_chunks = ceil_div(HW, hw_chunk);
+  const int64_t tasks = s.N * C * n_chunks;
+  at::parallel_for(0, tasks, grain_for(hw_chunk), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t plane = t / n_chunks, c = plane % C;
+      const int64_t h0 = (t % n_chunks) * hw_chunk, len = std::min(hw_chunk, HW - h0);
+      const int64_t off = plane * HW + h0;
+      const T* px = x + off;
+      const T* pg = g ? g + off : nullptr;
+      T* po = out + off;
+      const auto fv = op.template bcast<V>(c);
+      const auto fs = op.template bcast<acc_t>(c);
+      int64_t i = 0;
+      if (pg) {
+        for (; i + kW <= len; i += kW) {
+          V xa, xb, ga, gb;
+          L::load(px + i, xa, xb);
+          L::load(pg + i, ga, gb);
+          L::store(po + i, fv(xa, ga), fv(xb, gb));
+        }
+        for (; i < len; ++i) L::st(po + i, fs(L::ld(px + i), L::ld(pg + i)));
+      } else {
+        const V zero(acc_t(0));
+        for (; i + kW <= len; i += kW) {
+          V xa, xb;
+          L::load(px + i, xa, xb);
+          L::store(po + i, fv(xa, zero), fv(xb, zero));
+        }
+        for (; i < len; ++i) L::st(po + i, fs(L::ld(px + i), acc_t(0)));
+      }
+    }
+  });
+}
+
+template <typename T, typename Op>
+void map_cl(const T* x, const T* g, T* out, const BnShape& s, const Op& op) {
+  using L = Lanes<T>;
+  using acc_t = typename L::acc_t;
+  using V = typename L::V;
+  constexpr int64_t kW = L::kW, kHalf = L::kHalf;
+  const int64_t C = s.C, R = s.N * s.HW;
+  const int64_t Cv = C - C % kW;
+  // row-major streaming; the per-channel parameters come from L1
+  at::parallel_for(0, R, grain_for(C), [&](int64_t begin, int64_t end) {
+    const V zero(acc_t(0));
+    for (int64_t r = begin; r < end; ++r) {
+      const T* px = x + r * C;
+      const T* pg = g ? g + r * C : nullptr;
+      T* po = out + r * C;
+      if (pg) {
+        for (int64_t c = 0; c < Cv; c += kW) {
+          V xa, xb, ga, gb;
+          L::load(px + c, xa, xb);
+          L::load(pg + c, ga, gb);
+          L::store(po + c, op.lanes(c)(xa, ga), op.lanes(c + kHalf)(xb, gb));
+        }
+      } else {
+        for (int64_t c = 0; c < Cv; c += kW) {
+          V xa, xb;
+          L::load(px + c, xa, xb);
+          L::store(po + c, op.lanes(c)(xa, zero), op.lanes(c + kHalf)(xb, zero));
+        }
+      }
+      for (int64_t c = Cv; c < C; ++c) {
+        L::st(po + c, op.template bcast<acc_t>(c)(L::ld(px + c), pg ? L::ld(pg + c) : acc_t(0)));
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------- typed entry points
+template <typename T>
+void stats_t(const void* x, const BnShape& s, const void* K, double* X, double* Q) {
+  using acc_t = typename AccOf<T>::type;
+  const StatsOp<acc_t> op{static_cast<const acc_t*>(K)};
+  const T* px = static_cast<const T*>(x);
+  double* const out[2] = {X, Q};
+  if (s.channels_last) {
+    reduce_cl<T>(px, nullptr, s, op, out);
+  } else {
+    reduce_nchw<T>(px, nullptr, s, op, out);
+  }
+}
+
+template <typename T>
+void apply_t(const void* x, void* out, const BnShape& s, const void* mean, const void* scale,
+             const void* bias, double slope) {
+  using acc_t = typename AccOf<T>::type;
+  const FwdOp<acc_t> op{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
+                        static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
+  const T* px = static_cast<const T*>(x);
+  T* po = static_cast<T*>(out);
+  if (s.channels_last) {
+    map_cl<T>(px, nullptr, po, s, op);
+  } else {
+    map_nchw<T>(px, nullptr, po, s, op);
+  }
+}
+
+template <typename T>
+void bwd_reduce_t(const void* g, const void* x, const BnShape& s, const void* mean,
+                  const void* scale, const void* bias, double slope, double* sum_dz,
+                  double* sum_dz_xc) {
+  using acc_t = typename AccOf<T>::type;
+  const BwdReduceOp<acc_t> op{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
+                              static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
+  const T* px = static_cast<const T*>(x);
+  const T* pg = static_cast<const T*>(g);
+  double* const out[2] = {sum_dz, sum_dz_xc};
+  if (s.channels_last) {
+    reduce_cl<T>(px, pg, s, op, out);
+  } else {
+    reduce_nchw<T>(px, pg, s, op, out);
+  }
+}
+
+template <typename T, bool kBatch>
+void bwd_apply_tb(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
+                  const void* scale, const void* bias, const void* B, const void* K2,
+                  double slope) {
+  using acc_t = typename AccOf<T>::type;
+  const BwdApplyOp<acc_t, kBatch> op{
+      static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
+      static_cast<const acc_t*>(bias), static_cast<const acc_t*>(B),
+      static_cast<const acc_t*>(K2),   static_cast<acc_t>(slope)};
+  const T* px = static_cast<const T*>(x);
+  const T* pg = static_cast<const T*>(g);
+  T* po = static_cast<T*>(gx);
+  if (s.channels_last) {
+    map_cl<T>(px, pg, po, s, op);
+  } else {
+    map_nchw<T>(px, pg, po, s, op);
+  }
+}
+
+template <typename T>
+void bwd_apply_t(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
+                 const void* scale, const void* bias, const void* B, const void* K2,
+                 double slope, bool batch_stats) {
+  if (batch_stats) {
+    bwd_apply_tb<T, true>(g, x, gx, s, mean, scale, bias, B, K2, slope);
+  } else {
+    bwd_apply_tb<T, false>(g, x, gx, s, mean, scale, bias, B, K2, slope);
+  }
+}
+
+#define GAN_FAST_BN_DISPATCH(dtype, FN, ...)                                   \
+  switch (dtype) {                                                             \
+    case c10::ScalarType::Float: return FN<float>(__VA_ARGS__);                \
+    case c10::ScalarType::Double: return FN<double>(__VA_ARGS__);              \
+    case c10::ScalarType::Half: return FN<c10::Half>(__VA_ARGS__);             \
+    case c10::ScalarType::BFloat16: return FN<c10::BFloat16>(__VA_ARGS__);     \
+    default: return; /* dtypes are checked by the caller (bindings.cpp) */  \
+  }
+
+void stats(c10::ScalarType dt, const void* x, const BnShape& s, const void* K, double* X,
+           double* Q) {
+  GAN_FAST_BN_DISPATCH(dt, stats_t, x, s, K, X, Q)
+}
+void apply(c10::ScalarType dt, const void* x, void* out, const BnShape& s, const void* mean,
+           const void* scale, const void* bias, double slope) {
+  GAN_FAST_BN_DISPATCH(dt, apply_t, x, out, s, mean, scale, bias, slope)
+}
+void bwd_reduce(c10::ScalarType dt, const void* g, const void* x, const BnShape& s,
+                const void* mean, const void* scale, const void* bias, double slope,
+                double* sum_dz, double* sum_dz_xc) {
+  GAN_FAST_BN_DISPATCH(dt, bwd_reduce_t, g, x, s, mean, scale, bias, slope, sum_dz, sum_dz_xc)
+}
+void bwd_apply(c10::ScalarType dt, const void* g, const void* x, void* gx, const BnShape& s,
+               const void* mean, const void* scale, const void* bias, const void* B,
+               const void* K2, double slope, bool batch_stats) {
+  GAN_FAST_BN_DISPATCH(dt, bwd_apply_t, g, x, gx, s, mean, scale, bias, B, K2, slope,
+                       batch_stats)
+}
+#undef GAN_FAST_BN_DISPATCH
+
+}  // namespace
+
+const BnKernels& kernels() {
+  static const BnKernels table{&stats, &apply, &bwd_reduce, &bwd_apply};
+  return table;
+}
+
+}  // namespace gan_fast::cpu::GAN_FAST_ISA

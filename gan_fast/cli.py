@@ -1,0 +1,54 @@
+"""The ``gan-fast`` command: ``info``, ``train``, ``eval``, ``bench``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+
+def info() -> int:
+    """Print versions and which backends can run, and why not."""
+    import torch
+
+    import gan_fast
+    from gan_fast import backends
+
+    print(f"gan_fast {gan_fast.__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    try:
+        import triton
+        print(f"triton {triton.__version__}")
+    except ImportError:
+        print("triton: not installed")
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    print(f"CUDA device: {cuda} (torch built with CUDA {torch.version.cuda})")
+    print(f"backend requested: {backends.requested()}")
+    for (name, device), reason in backends.report().items():
+        print(f"  {name:9s} on {device:4s}: {'available' if reason is None else 'unavailable: ' + reason}")
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        print(f"  auto on {device} -> {backends.resolve_name(device) if backends.requested() == 'auto' else '-'}")
+    return 0
+
+
+def _delegate(module: str, argv) -> int:
+    return importlib.import_module(module).main(argv) or 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="gan-fast", description=__doc__)
+    parser.add_argument("command", choices=["info", "train", "eval", "bench"])
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    args = parser.parse_args(argv[:1])
+    rest = argv[1:]
+    if args.command == "info":
+        return info()
+    if args.command == "bench":
+        return _delegate("benchmarks.__main__", rest)
+    return _delegate("gan_fast.train.cli", [args.command] + rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

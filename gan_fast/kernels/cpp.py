@@ -1,0 +1,43 @@
+"""The ``cpu`` and ``cuda`` backends: thin wrappers over the compiled extension.
+
+Each function has the reference backend's signature and contract
+(``gan_fast.reference``) and calls one op of ``torch.ops.gan_fast_C``, which the
+extension registers (schemas in ``csrc/README.md``); the dispatcher picks the
+CPU or CUDA kernel from the tensors' device. Importing this module imports
+``gan_fast._C`` and fails with ImportError when the extension is not built.
+"""
+from __future__ import annotations
+
+import torch
+
+import gan_fast._C  # noqa: F401  (registers torch.ops.gan_fast_C.*)
+
+_ops = torch.ops.gan_fast_C
+
+
+def bn_act_train_fwd(x, weight, bias, eps, negative_slope):
+    """Training forward: (out like x, mean (C,), biased var (C,)); stats fp32 (fp64 for fp64 x)."""
+    return _ops.bn_act_train_fwd(x, weight, bias, float(eps), float(negative_slope))
+
+
+def bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope):
+    """Forward with given statistics: act(BN(x)) like x."""
+    return _ops.bn_act_eval_fwd(x, weight, bias, mean, var, float(eps), float(negative_slope))
+
+
+def bn_act_bwd(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_stats):
+    """(grad_x like x, grad_weight, grad_bias); the last two are None when weight is None."""
+    gx, gw, gb = _ops.bn_act_bwd(grad_out, x, weight, bias, mean, var, float(eps),
+                                 float(negative_slope), bool(batch_stats))
+    if weight is None:
+        return gx, None, None
+    return gx, gw, gb
+
+
+def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
+    """(loss 0-dim in fake's dtype, grad_real or None for side 'g', grad_fake)."""
+    loss, grad_real, grad_fake = _ops.gan_loss_fwd(real, fake, kind, side, reduction,
+                                                   float(label_smoothing))
+    if side == "g":
+        return loss, None, grad_fake
+    return loss, grad_real, grad_fake
