@@ -46,12 +46,12 @@ def bn_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
     if use_batch_stats:
         if x.numel() // c <= 1:  # the same check and message as torch.nn.functional.batch_norm
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
-        out, mean, var = ops.bn_act.bn_act_train(x, weight, bias, eps, negative_slope)
+        out, mean, var = ops.bn_act.train(x, weight, bias, eps, negative_slope)
         if training and running_mean is not None:
             _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
                                   momentum, x.numel() // c)
         return out
-    return ops.bn_act.bn_act_eval(x, weight, bias, running_mean, running_var, eps, negative_slope)
+    return ops.bn_act.eval_mode(x, weight, bias, running_mean, running_var, eps, negative_slope)
 
 
 @torch.no_grad()
@@ -127,8 +127,7 @@ def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str = "bce", side: str 
         raise ValueError("side='g' takes only the logits of fakes: pass real=None")
     if fake.numel() == 0:
         raise ValueError("fake is empty")
-    loss, _, _ = ops.gan_loss.gan_loss(real, fake, kind, side, reduction, float(label_smoothing))
-    return loss
+    return ops.gan_loss.loss(real, fake, kind, side, reduction, float(label_smoothing))
 
 
 def check_loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> str:

@@ -122,3 +122,60 @@ def _backward_eval(ctx, grad_out):
 
 bn_act_train.register_autograd(_backward_train, setup_context=_setup_train)
 bn_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
+
+
+# Eager mode: the same backend calls through plain autograd.Functions. torch.library's
+# Python dispatch costs tens of microseconds a call, comparable to the kernels at
+# small shapes; under torch.compile the custom ops above are used instead.
+class _TrainEager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, negative_slope):
+        x = _dense(x)
+        run = lambda be: be.bn_act_train_fwd(x, weight, bias, eps, negative_slope)  # noqa: E731
+        out, mean, var = run(backends.resolve(x, "bn_act_train", run))
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.eps, ctx.negative_slope = eps, negative_slope
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        return (*_eager_backward(ctx, grad_out, True), None, None)
+
+
+class _EvalEager(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, negative_slope):
+        x = _dense(x)
+        mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+        run = lambda be: be.bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)  # noqa: E731
+        out = run(backends.resolve(x, "bn_act_eval", run))
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        ctx.eps, ctx.negative_slope = eps, negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (*_eager_backward(ctx, grad_out, False), None, None, None, None)
+
+
+def _eager_backward(ctx, grad_out, batch_stats):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+    run = lambda be: be.bn_act_bwd(grad_out, x, weight, bias, mean, var, ctx.eps,  # noqa: E731
+                                   ctx.negative_slope, batch_stats)
+    return run(backends.resolve(x, "bn_act_backward", run))
+
+
+def train(x, weight, bias, eps, negative_slope):
+    """(out, mean, var) with batch statistics; differentiable w.r.t. x, weight, bias."""
+    if torch.compiler.is_compiling():
+        return bn_act_train(x, weight, bias, eps, negative_slope)
+    return _TrainEager.apply(x, weight, bias, eps, negative_slope)
+
+
+def eval_mode(x, weight, bias, mean, var, eps, negative_slope):
+    """act(BN(x)) with given statistics; differentiable w.r.t. x, weight, bias."""
+    if torch.compiler.is_compiling():
+        return bn_act_eval(x, weight, bias, mean, var, eps, negative_slope)
+    return _EvalEager.apply(x, weight, bias, mean, var, eps, negative_slope)

@@ -46,3 +46,33 @@ def _backward(ctx, grad_loss, _g1, _g2):
 
 
 gan_loss.register_autograd(_backward, setup_context=_setup)
+
+
+class _GanLossEager(torch.autograd.Function):
+    """The same computation without the custom-op layer, for eager mode: the loss is
+    launch-bound, and torch.library's Python dispatch costs several times the kernel."""
+
+    @staticmethod
+    def forward(ctx, real, fake, kind, side, reduction, label_smoothing):
+        fake = fake.contiguous()
+        real = None if real is None else real.contiguous()
+        run = lambda be: be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)  # noqa: E731
+        loss, grad_real, grad_fake = run(backends.resolve(fake, "gan_loss", run))
+        ctx.has_real = real is not None
+        ctx.save_for_backward(grad_real, grad_fake)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_real, grad_fake = ctx.saved_tensors
+        scale = grad_loss.to(grad_fake.dtype)
+        return (grad_real * scale if ctx.has_real else None), grad_fake * scale, None, None, None, None
+
+
+def loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: str,
+         label_smoothing: float) -> Tensor:
+    """The differentiable loss: the custom op under torch.compile, a plain
+    autograd.Function (same backend kernels) in eager mode."""
+    if torch.compiler.is_compiling():
+        return gan_loss(real, fake, kind, side, reduction, label_smoothing)[0]
+    return _GanLossEager.apply(real, fake, kind, side, reduction, label_smoothing)
