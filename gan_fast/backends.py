@@ -142,6 +142,7 @@ def resolve_name(device_type: str, dtype: torch.dtype | None = None) -> str:
 
 
 _choices: dict = {}
+_resolved: dict = {}
 
 
 def choices() -> dict:
@@ -185,7 +186,11 @@ def resolve(tensor: torch.Tensor, op: str | None = None, bench=None):
         if len(fast) > 1:
             key = (tuple(tensor.shape), str(tensor.dtype), tensor.is_contiguous())
             return _module_for(measured_choice(op, key, fast, bench, device_type))
-    return _module_for(resolve_name(device_type, tensor.dtype))
+    key = (requested(), device_type, tensor.dtype)
+    module = _resolved.get(key)
+    if module is None:  # availability does not change within a process: resolve once
+        module = _resolved[key] = _module_for(resolve_name(device_type, tensor.dtype))
+    return module
 
 
 def report() -> dict:
