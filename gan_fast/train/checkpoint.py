@@ -61,14 +61,16 @@ def set_rng_state(state: dict, noise_gen: torch.Generator | None = None) -> None
         noise_gen.set_state(state["noise"])
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to ``path`` through a temporary file + rename in the same folder."""
+def atomic_write(path: str | os.PathLike, write, binary: bool = True) -> Path:
+    """Write ``path`` through a temporary file in the same folder, fsync, then rename:
+    a reader (or a crash) sees the old file or the new one, never half of one.
+    ``write(f)`` writes the contents to the open temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         _chmod_default(tmp)
@@ -88,6 +90,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to ``path`` atomically (temporary file + rename)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -126,15 +133,8 @@ def make(step: int, config: dict, g: torch.nn.Module, d: torch.nn.Module,
 
 
 def atomic_save_text(text: str, path: str | os.PathLike) -> Path:
-    """Writes text through a temporary file + rename in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    _chmod_default(tmp)
-    os.replace(tmp, path)
-    return path
+    """Writes text atomically (temporary file + rename)."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _chmod_default(path) -> None:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from gan_fast.train.checkpoint import atomic_write
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
@@ -54,19 +55,5 @@ def encode_png(arr: np.ndarray) -> bytes:
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
     """Writes a grid PNG of images in [-1, 1] (atomically: temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = encode_png(make_grid(images, nrow))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    _chmod_default(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _chmod_default(path) -> None:
-    """mkstemp makes files 0600; give the final file the usual 0666 & ~umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    return atomic_write(path, lambda f: f.write(data))
