@@ -1,8 +1,7 @@
 """gan_loss: the GAN losses on the DCGAN discriminator's logits, (N,) fp32.
 
 Stock: the trainer's plain-PyTorch losses (``gan_fast.train.loop.stock_gan_loss``,
-e.g. D's BCE: ``bce_with_logits(real, 1) + bce_with_logits(fake, 0)``); a local copy
-of the same definitions when the trainer is not importable. gan_fast:
+e.g. D's BCE: ``bce_with_logits(real, 1) + bce_with_logits(fake, 0)``). gan_fast:
 ``gan_fast.functional.gan_loss``. side 'd' differentiates w.r.t. real and fake
 logits, side 'g' w.r.t. the fake logits. The trainer casts logits to fp32 before the
 loss, so only fp32 runs here (the case's dtype/format fields read fp32/-).
@@ -12,7 +11,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import Bench, Case, Options, randn, seeded
 from benchmarks.timing import Rotator, rotation_count
@@ -21,38 +19,9 @@ OP = "gan_loss"
 MODES = ("fwd", "bwd", "fwd+bwd")
 
 
-def _local_stock_loss(kind: str, side: str):
-    def real_term(x):
-        if kind == "bce":
-            return F.binary_cross_entropy_with_logits(x, torch.ones_like(x))
-        if kind == "hinge":
-            return F.relu(1.0 - x).mean()
-        if kind == "lsgan":
-            return ((x - 1.0) ** 2).mean()
-        return -x.mean()
-
-    def fake_term(x):
-        if kind == "bce":
-            return F.binary_cross_entropy_with_logits(x, torch.zeros_like(x))
-        if kind == "hinge":
-            return F.relu(1.0 + x).mean()
-        if kind == "lsgan":
-            return (x ** 2).mean()
-        return x.mean()
-
-    if side == "d":
-        return lambda real, fake: real_term(real) + fake_term(fake)
-    if kind in ("hinge", "wgan"):
-        return lambda fake: -fake.mean()
-    return real_term
-
-
 def stock_loss(kind: str, side: str):
-    """The eager baseline: the trainer's stock loss (or the same definitions here)."""
-    try:
-        from gan_fast.train.loop import stock_gan_loss
-    except Exception:  # noqa: BLE001
-        return _local_stock_loss(kind, side)
+    """The eager baseline: the trainer's plain-PyTorch loss."""
+    from gan_fast.train.loop import stock_gan_loss
     return stock_gan_loss(kind, side)
 
 
