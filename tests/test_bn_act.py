@@ -154,3 +154,30 @@ def test_gradcheck_float64(backend):
         rm, rv = torch.zeros(3, dtype=torch.float64, device=device), torch.ones(3, dtype=torch.float64, device=device)
         f = lambda x, w, b: functional.bn_act(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, 0.1)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, w, b))
+
+
+# Shapes that reach each way the CPU kernels split NCHW work (csrc/cpu/bn_act_impl.h,
+# kTaskElems = 16384 values a task): a channel summed over several image blocks with a
+# remainder (HW = 4096: 4 planes a block, N = 9); planes cut into chunks (HW = 16900);
+# short planes with a scalar tail (HW = 35).
+SPLIT_SHAPES = [(9, 3, 64, 64), (2, 2, 130, 130), (40, 5, 7, 5)]
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_work_splits(shape, channels_last):
+    from gan_fast import use_backend  # raises BackendUnavailable if the extension is not built
+    c = shape[1]
+    x = image(shape, torch.float32, "cpu", channels_last, seed=11, mean=3.0)
+    g = image(shape, torch.float32, "cpu", channels_last, seed=12)
+    w, b = params(c, torch.float32, "cpu", affine=True)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    with use_backend("cpu"):
+        out, grads = run(x, w, b, rm.clone(), rv.clone(), True, 0.2, g)
+    want, want_grads, _, _ = oracle(x, w, b, rm, rv, True, 0.2, g)
+    assert_close(out, want, torch.float32, what="out")
+    scale = float(want_grads[0].abs().max()) + 1.0
+    for got, exp, what in zip(grads, want_grads, ("grad x", "grad weight", "grad bias")):
+        s = scale if what == "grad x" else scale * x.numel() / c
+        assert_close(got, exp, torch.float32, scale=s, what=what)
+

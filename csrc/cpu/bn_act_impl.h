@@ -4,9 +4,10 @@
 //
 // Layouts:
 //  * NCHW: channel c of image n is the contiguous plane x[(n*C + c)*HW ...].
-//    Work is cut into plane chunks taken in memory order. Reductions: a task
-//    is a run of chunks with its own per-channel partial sums (combined
-//    afterwards); each chunk accumulates in registers.
+//    Reductions: a task is one channel over a block of images (planes up to
+//    kTaskElems values) or one kTaskElems chunk of a plane, summed in
+//    registers; the task sums are combined per channel in a fixed order.
+//    Elementwise: runs of whole planes (or plane chunks) in memory order.
 //  * channels_last: rows of C contiguous values, one row per (n, h, w), read
 //    row after row. Reductions: a task is a range of rows with its own
 //    per-channel partial sums (combined afterwards). Elementwise: ranges of
@@ -341,58 +342,94 @@ void combine(const std::vector<double>& part, int64_t tasks, int64_t C, double* 
   }
 }
 
-template <typename T, typename Op>
-void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double* const* out) {
+// Sums op(x, g) over one run of `len` contiguous values of channel c into acc.
+template <typename T, typename Op, typename Acc>
+inline void sum_run(const T* px, const T* pg, int64_t len, int64_t c, const Op& op, Acc& acc) {
   using L = Lanes<T>;
   using acc_t = typename L::acc_t;
   using V = typename L::V;
   constexpr int64_t kW = L::kW;
   constexpr int kN = Op::kN;
+  const auto fv = op.template bcast<V>(c);
+  int64_t i = 0;
+  for (; i + kW <= len; i += kW) {
+    V xa, xb, ga(acc_t(0)), gb(acc_t(0)), oa[kN], ob[kN];
+    L::load(px + i, xa, xb);
+    if constexpr (Op::kNeedsG) L::load(pg + i, ga, gb);
+    fv(xa, ga, oa);
+    fv(xb, gb, ob);
+    acc.add(oa, ob);
+  }
+  if (i < len) {
+    const auto fs = op.template bcast<acc_t>(c);
+    for (; i < len; ++i) {
+      acc_t gs = 0, os[kN];
+      if constexpr (Op::kNeedsG) gs = L::ld(pg + i);
+      fs(L::ld(px + i), gs, os);
+      acc.add(os);
+    }
+  }
+}
+
+template <typename T, typename Op>
+void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double* const* out) {
+  using acc_t = typename Lanes<T>::acc_t;
+  using Acc = SumN<acc_t, Op::kN, Op::kWide, Op::kFlush>;
+  constexpr int kN = Op::kN;
   const int64_t C = s.C, HW = s.HW;
-  // units = plane chunks in memory order; a task = a run of units, with its
-  // own per-channel partial sums part[t][k][c] (combined afterwards)
-  const int64_t hw_chunk = std::min(HW, kTaskElems);
-  const int64_t n_chunks = ceil_div(HW, hw_chunk);
-  const int64_t units = s.N * C * n_chunks;
-  const int64_t units_per = std::max<int64_t>(1, kTaskElems / hw_chunk);
-  const int64_t tasks = ceil_div(units, units_per);
-  std::vector<double> part(tasks * kN * C, 0.0);
-  at::parallel_for(0, tasks, grain_for(units_per * hw_chunk), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      double* tp = part.data() + t * kN * C;
-      const int64_t u1 = std::min(units, (t + 1) * units_per);
-      for (int64_t u = t * units_per; u < u1; ++u) {
-        const int64_t plane = u / n_chunks, c = plane % C;
-        const int64_t h0 = (u % n_chunks) * hw_chunk, len = std::min(hw_chunk, HW - h0);
-        const int64_t off = plane * HW + h0;
-        const T* px = x + off;
-        const T* pg = Op::kNeedsG ? g + off : nullptr;
-        const auto fv = op.template bcast<V>(c);
-        SumN<acc_t, kN, Op::kWide, Op::kFlush> acc;
-        int64_t i = 0;
-        for (; i + kW <= len; i += kW) {
-          V xa, xb, ga(acc_t(0)), gb(acc_t(0)), oa[kN], ob[kN];
-          L::load(px + i, xa, xb);
-          if constexpr (Op::kNeedsG) L::load(pg + i, ga, gb);
-          fv(xa, ga, oa);
-          fv(xb, gb, ob);
-          acc.add(oa, ob);
-        }
-        if (i < len) {
-          const auto fs = op.template bcast<acc_t>(c);
-          for (; i < len; ++i) {
-            acc_t gs = 0, os[kN];
-            if constexpr (Op::kNeedsG) gs = L::ld(pg + i);
-            fs(L::ld(px + i), gs, os);
-            acc.add(os);
-          }
+  if (HW <= kTaskElems) {
+    // A task = channel c over a block of consecutive images: its planes are
+    // summed in one set of registers, so short planes (4x4 maps) pay the
+    // horizontal sums once per task, not once per plane.
+    const int64_t planes_per = std::max<int64_t>(1, kTaskElems / HW);
+    const int64_t blocks = ceil_div(s.N, planes_per);
+    std::vector<double> part(C * blocks * kN, 0.0);
+    at::parallel_for(0, C * blocks, grain_for(planes_per * HW), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t c = t / blocks, n0 = (t % blocks) * planes_per;
+        const int64_t n1 = std::min(s.N, n0 + planes_per);
+        Acc acc;
+        for (int64_t n = n0; n < n1; ++n) {
+          const int64_t off = (n * C + c) * HW;
+          sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, HW, c, op, acc);
         }
         acc.flush();
-        for (int k = 0; k < kN; ++k) tp[k * C + c] += acc.total(k);
+        for (int k = 0; k < kN; ++k) part[t * kN + k] = acc.total(k);
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      for (int k = 0; k < kN; ++k) {
+        double sum = 0;
+        for (int64_t b = 0; b < blocks; ++b) sum += part[(c * blocks + b) * kN + k];
+        out[k][c] = sum;
       }
     }
+    return;
+  }
+  // Large planes: a task = one kTaskElems chunk of a plane.
+  const int64_t n_chunks = ceil_div(HW, kTaskElems);
+  const int64_t tasks = s.N * C * n_chunks;
+  std::vector<double> part(tasks * kN, 0.0);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t plane = t / n_chunks, c = plane % C;
+      const int64_t h0 = (t % n_chunks) * kTaskElems, len = std::min(kTaskElems, HW - h0);
+      const int64_t off = plane * HW + h0;
+      Acc acc;
+      sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, len, c, op, acc);
+      acc.flush();
+      for (int k = 0; k < kN; ++k) part[t * kN + k] = acc.total(k);
+    }
   });
-  combine<Op>(part, tasks, C, out);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int k = 0; k < kN; ++k) {
+      double sum = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        for (int64_t h = 0; h < n_chunks; ++h) sum += part[((n * C + c) * n_chunks + h) * kN + k];
+      }
+      out[k][c] = sum;
+    }
+  }
 }
 
 template <typename T, typename Op>
@@ -489,45 +526,58 @@ void reduce_cl(const T* x, const T* g, const BnShape& s, const Op& op, double* c
 }
 
 // ------------------------------------------------------------ elementwise
-// out = op(x, g) elementwise; g may be null when the op ignores it.
+// out = op(x, g) over one run of `len` contiguous values of channel c.
 template <typename T, typename Op>
-void map_nchw(const T* x, const T* g, T* out, const BnShape& s, const Op& op) {
+inline void map_run(const T* px, const T* pg, T* po, int64_t len, int64_t c, const Op& op) {
   using L = Lanes<T>;
   using acc_t = typename L::acc_t;
   using V = typename L::V;
   constexpr int64_t kW = L::kW;
+  const auto fv = op.template bcast<V>(c);
+  int64_t i = 0;
+  if (pg) {
+    for (; i + kW <= len; i += kW) {
+      V xa, xb, ga, gb;
+      L::load(px + i, xa, xb);
+      L::load(pg + i, ga, gb);
+      L::store(po + i, fv(xa, ga), fv(xb, gb));
+    }
+  } else {
+    const V zero(acc_t(0));
+    for (; i + kW <= len; i += kW) {
+      V xa, xb;
+      L::load(px + i, xa, xb);
+      L::store(po + i, fv(xa, zero), fv(xb, zero));
+    }
+  }
+  if (i < len) {
+    const auto fs = op.template bcast<acc_t>(c);
+    for (; i < len; ++i) L::st(po + i, fs(L::ld(px + i), pg ? L::ld(pg + i) : acc_t(0)));
+  }
+}
+
+// out = op(x, g) elementwise; g may be null when the op ignores it.
+template <typename T, typename Op>
+void map_nchw(const T* x, const T* g, T* out, const BnShape& s, const Op& op) {
   const int64_t C = s.C, HW = s.HW;
-  const int64_t hw_chunk = std::min(HW, kTaskElems);
-  const int64_t n_chunks = ceil_div(HW, hw_chunk);
-  const int64_t tasks = s.N * C * n_chunks;
-  at::parallel_for(0, tasks, grain_for(hw_chunk), [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t plane = t / n_chunks, c = plane % C;
-      const int64_t h0 = (t % n_chunks) * hw_chunk, len = std::min(hw_chunk, HW - h0);
-      const int64_t off = plane * HW + h0;
-      const T* px = x + off;
-      const T* pg = g ? g + off : nullptr;
-      T* po = out + off;
-      const auto fv = op.template bcast<V>(c);
-      const auto fs = op.template bcast<acc_t>(c);
-      int64_t i = 0;
-      if (pg) {
-        for (; i + kW <= len; i += kW) {
-          V xa, xb, ga, gb;
-          L::load(px + i, xa, xb);
-          L::load(pg + i, ga, gb);
-          L::store(po + i, fv(xa, ga), fv(xb, gb));
-        }
-        for (; i < len; ++i) L::st(po + i, fs(L::ld(px + i), L::ld(pg + i)));
-      } else {
-        const V zero(acc_t(0));
-        for (; i + kW <= len; i += kW) {
-          V xa, xb;
-          L::load(px + i, xa, xb);
-          L::store(po + i, fv(xa, zero), fv(xb, zero));
-        }
-        for (; i < len; ++i) L::st(po + i, fs(L::ld(px + i), acc_t(0)));
+  if (HW <= kTaskElems) {  // whole planes; the channel advances without a division per plane
+    at::parallel_for(0, s.N * C, grain_for(HW), [&](int64_t begin, int64_t end) {
+      int64_t c = begin % C;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t off = p * HW;
+        map_run<T>(x + off, g ? g + off : nullptr, out + off, HW, c, op);
+        if (++c == C) c = 0;
       }
+    });
+    return;
+  }
+  const int64_t n_chunks = ceil_div(HW, kTaskElems);
+  at::parallel_for(0, s.N * C * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t plane = t / n_chunks, h0 = (t % n_chunks) * kTaskElems;
+      const int64_t off = plane * HW + h0;
+      map_run<T>(x + off, g ? g + off : nullptr, out + off, std::min(kTaskElems, HW - h0),
+                 plane % C, op);
     }
   });
 }
