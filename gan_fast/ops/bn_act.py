@@ -35,12 +35,31 @@ def _stat_dtype(x: Tensor):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+# The backend calls, shared by the custom ops (torch.compile) and the eager Functions.
+# x must already be dense (_dense); each returns what the backend contract does.
+def _run_train(x, weight, bias, eps, negative_slope):
+    run = lambda be: be.bn_act_train_fwd(x, weight, bias, eps, negative_slope)  # noqa: E731
+    return run(backends.resolve(x, "bn_act_train", run))
+
+
+def _run_eval(x, weight, bias, mean, var, eps, negative_slope):
+    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+    run = lambda be: be.bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)  # noqa: E731
+    return run(backends.resolve(x, "bn_act_eval", run))
+
+
+def _run_backward(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_stats):
+    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
+    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
+    run = lambda be: be.bn_act_bwd(grad_out, x, weight, bias, mean, var, eps,  # noqa: E731
+                                   negative_slope, batch_stats)
+    return run(backends.resolve(x, "bn_act_backward", run))
+
+
 @torch.library.custom_op("gan_fast::bn_act_train", mutates_args=())
 def bn_act_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
-    x = _dense(x)
-    run = lambda be: be.bn_act_train_fwd(x, weight, bias, eps, negative_slope)  # noqa: E731
-    return run(backends.resolve(x, "bn_act_train", run))
+    return _run_train(_dense(x), weight, bias, eps, negative_slope)
 
 
 @bn_act_train.register_fake
@@ -53,10 +72,7 @@ def _(x, weight, bias, eps, negative_slope):
 @torch.library.custom_op("gan_fast::bn_act_eval", mutates_args=())
 def bn_act_eval(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
                 var: Tensor, eps: float, negative_slope: float) -> Tensor:
-    x = _dense(x)
-    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
-    run = lambda be: be.bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)  # noqa: E731
-    return run(backends.resolve(x, "bn_act_eval", run))
+    return _run_eval(_dense(x), weight, bias, mean, var, eps, negative_slope)
 
 
 @bn_act_eval.register_fake
@@ -68,12 +84,8 @@ def _(x, weight, bias, mean, var, eps, negative_slope):
 def bn_act_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                     mean: Tensor, var: Tensor, eps: float, negative_slope: float,
                     batch_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
-    x = _dense(x)
-    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
-    mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
-    run = lambda be: be.bn_act_bwd(grad_out, x, weight, bias, mean, var, eps,  # noqa: E731
-                                   negative_slope, batch_stats)
-    gx, gw, gb = run(backends.resolve(x, "bn_act_backward", run))
+    gx, gw, gb = _run_backward(grad_out, _dense(x), weight, bias, mean, var, eps, negative_slope,
+                               batch_stats)
     if gw is None:  # affine=False: custom ops return tensors, the autograd wrapper drops these
         gw, gb = x.new_empty((0,)), x.new_empty((0,))
     return gx, gw, gb
@@ -131,8 +143,7 @@ class _TrainEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, negative_slope):
         x = _dense(x)
-        run = lambda be: be.bn_act_train_fwd(x, weight, bias, eps, negative_slope)  # noqa: E731
-        out, mean, var = run(backends.resolve(x, "bn_act_train", run))
+        out, mean, var = _run_train(x, weight, bias, eps, negative_slope)
         ctx.save_for_backward(x, weight, bias, mean, var)
         ctx.eps, ctx.negative_slope = eps, negative_slope
         ctx.mark_non_differentiable(mean, var)
@@ -147,9 +158,7 @@ class _EvalEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps, negative_slope):
         x = _dense(x)
-        mean, var = mean.to(_stat_dtype(x)), var.to(_stat_dtype(x))
-        run = lambda be: be.bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope)  # noqa: E731
-        out = run(backends.resolve(x, "bn_act_eval", run))
+        out = _run_eval(x, weight, bias, mean, var, eps, negative_slope)
         ctx.save_for_backward(x, weight, bias, mean, var)
         ctx.eps, ctx.negative_slope = eps, negative_slope
         return out
@@ -161,10 +170,8 @@ class _EvalEager(torch.autograd.Function):
 
 def _eager_backward(ctx, grad_out, batch_stats):
     x, weight, bias, mean, var = ctx.saved_tensors
-    grad_out = grad_out.contiguous(memory_format=_memory_format(x))
-    run = lambda be: be.bn_act_bwd(grad_out, x, weight, bias, mean, var, ctx.eps,  # noqa: E731
-                                   ctx.negative_slope, batch_stats)
-    return run(backends.resolve(x, "bn_act_backward", run))
+    return _run_backward(grad_out, x, weight, bias, mean, var, ctx.eps, ctx.negative_slope,
+                         batch_stats)
 
 
 def train(x, weight, bias, eps, negative_slope):
