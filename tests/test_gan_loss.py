@@ -99,8 +99,9 @@ def test_matches_stock_losses(backend):
 def test_ties(backend):
     """Hinge margins of exactly 1 have gradient 0 (relu's convention); bce at 0 is exact."""
     name, device = backend
-    real = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0], device=device)
-    fake = torch.tensor([-1.0, -0.5, -2.0, 0.0], device=device)
+    # repeated so that the values also reach the vector lanes of the kernels, not only a tail
+    real = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.0], device=device).repeat(7)
+    fake = torch.tensor([-1.0, -0.5, -2.0, 0.0], device=device).repeat(9)
     for kind in KINDS:
         loss, grads = run(real, fake, kind, "d")
         want, want_grads = oracle(real, fake, kind, "d")
@@ -115,11 +116,27 @@ def test_ties(backend):
 def test_nan_and_inf_like_pytorch(backend, kind):
     """Non-finite logits give the same loss and gradients as the eager formulation."""
     name, device = backend
-    bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5], device=device)
-    good = torch.tensor([0.1, -0.3, 0.2], device=device)
+    bad = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5], device=device).repeat(9)
+    good = torch.tensor([0.1, -0.3, 0.2], device=device).repeat(7)
     for real, fake in ((bad, good), (good, bad)):
         loss, grads = run(real, fake, kind, "d")
         want, want_grads = oracle(real, fake, kind, "d")
+        close(loss, want, torch.float32)
+        for g, w in zip(grads, want_grads):
+            close(g, w, torch.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_large_logits(backend, kind):
+    """PatchGAN-sized logits: the kernels' chunked (parallel) reduction, not only small inputs."""
+    name, device = backend
+    gen = torch.Generator().manual_seed(5)
+    real = (torch.randn(3, 1, 150, 151, generator=gen) * 3).to(device)  # 67950 values
+    fake = (torch.randn(70001, generator=gen) * 3).to(device)
+    for side in ("d", "g"):
+        r = real if side == "d" else None
+        loss, grads = run(r, fake, kind, side)
+        want, want_grads = oracle(r, fake, kind, side)
         close(loss, want, torch.float32)
         for g, w in zip(grads, want_grads):
             close(g, w, torch.float32)

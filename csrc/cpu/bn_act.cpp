@@ -14,8 +14,6 @@
 #include <ATen/ops/rsqrt.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <numeric>
 
 #include "cpu_ops.h"
@@ -25,12 +23,8 @@ namespace {
 
 const BnKernels& K() {
   static const BnKernels* table = [] {
-    // GAN_FAST_CPU_ISA=default forces the portable kernels (for comparisons).
-    const char* env = std::getenv("GAN_FAST_CPU_ISA");
-    if (env == nullptr || std::strcmp(env, "default") != 0) {
-      if (const BnKernels* avx2 = bn_kernels_avx2()) return avx2;
-    }
-    return &base::kernels();
+    const BnKernels* avx2 = bn_kernels_avx2();
+    return avx2 != nullptr ? avx2 : &base::kernels();
   }();
   return *table;
 }

@@ -2,7 +2,7 @@
 //
 // bn_act_impl.h holds the kernels; it is compiled once with at::vec's DEFAULT
 // instruction set (bn_act.cpp, namespace `base`) and, on x86-64 with GCC, once
-// more for AVX2+FMA+F16C (bn_act_avx2.cpp, namespace `avx2`). bn_act.cpp picks
+// more for AVX2+FMA+F16C (kernels_avx2.cpp, namespace `avx2`). bn_act.cpp picks
 // one table at run time.
 #pragma once
 
@@ -44,8 +44,8 @@ namespace base {
 const BnKernels& kernels();
 }  // namespace base
 
-// The AVX2 table, or nullptr when it was not compiled in or this CPU lacks
-// AVX2/FMA/F16C.
+// The AVX2 table, or nullptr (not compiled in, CPU lacks AVX2/FMA/F16C, or
+// GAN_FAST_CPU_ISA=default).
 const BnKernels* bn_kernels_avx2();
 
 }  // namespace gan_fast::cpu
