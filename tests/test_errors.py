@@ -80,3 +80,17 @@ def test_unknown_backend_and_forced_unavailable_backend():
     with gan_fast.use_backend("cuda"):
         with pytest.raises(gan_fast.BackendUnavailable, match="'cuda' was requested but cannot run"):
             bn(torch.randn(2, 3, 4, 4))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_double_backward_raises(backend, training):
+    """The fused ops have no second derivative: a gradient penalty through them must fail
+    loudly, never come back with the second-order terms silently missing."""
+    name, device = backend
+    block = Conv2dBNAct(3, 4, 3, padding=1, negative_slope=0.2).to(device).train(training)
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    with gan_fast.use_backend(name):
+        y = block(x)
+        (g,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)  # first order: fine
+        with pytest.raises(RuntimeError, match="differentiate twice|no autograd formula"):
+            (g ** 2).sum().backward()

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from gan_fast import backends
 
@@ -150,6 +151,7 @@ class _TrainEager(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
+    @once_differentiable  # the kernels have no second derivative: double backward raises
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         return (*_eager_backward(ctx, grad_out, True), None, None)
 
@@ -164,6 +166,7 @@ class _EvalEager(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         return (*_eager_backward(ctx, grad_out, False), None, None, None, None)
 
