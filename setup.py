@@ -3,7 +3,7 @@
     pip install --no-build-isolation -e .        # reuses the installed torch
     python setup.py build_ext --inplace           # same, in place
 
-* Always: the CPU kernels (csrc/bindings.cpp + csrc/cpu/*.cpp), OpenMP-parallel
+* Always: the CPU kernels (csrc/*.cpp + csrc/cpu/*.cpp), OpenMP-parallel
   through at::parallel_for (torch's CPU wheels use the OpenMP backend; the
   extension must be compiled with -fopenmp or parallel_for runs serially).
 * With a CUDA build of torch and a CUDA toolkit (CUDA_HOME): also
@@ -38,7 +38,8 @@ def _cpu_sources():
     # functions, which must be the portable one.
     portable = [s for s in cpu if not s.endswith("_avx2.cpp")]
     special = [s for s in cpu if s.endswith("_avx2.cpp")]
-    return [os.path.join("csrc", "bindings.cpp")] + portable + special
+    top = _rel_glob("csrc/*.cpp")  # bindings.cpp (the op schemas) and the eager autograd ops
+    return top + portable + special
 
 
 def _extensions():

@@ -181,12 +181,13 @@ def resolve(tensor: torch.Tensor, op: str | None = None, bench=None):
     ``bench(module)`` runs the op once on a candidate backend and the fastest is kept.
     """
     device_type = tensor.device.type
-    if requested() == "auto" and device_type == "cuda" and bench is not None:
+    name = requested()
+    if name == "auto" and device_type == "cuda" and bench is not None:
         fast = [c for c in ("cuda", "triton") if why_unavailable(c, device_type, tensor.dtype) is None]
         if len(fast) > 1:
             key = (tuple(tensor.shape), str(tensor.dtype), tensor.is_contiguous())
             return _module_for(measured_choice(op, key, fast, bench, device_type))
-    key = (requested(), device_type, tensor.dtype)
+    key = (name, device_type, tensor.dtype)
     module = _resolved.get(key)
     if module is None:  # availability does not change within a process: resolve once
         module = _resolved[key] = _module_for(resolve_name(device_type, tensor.dtype))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -46,28 +45,11 @@ def bn_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
     if use_batch_stats:
         if x.numel() // c <= 1:  # the same check and message as torch.nn.functional.batch_norm
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
-        out, mean, var = ops.bn_act.train(x, weight, bias, eps, negative_slope)
-        if training and running_mean is not None:
-            _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
-                                  momentum, x.numel() // c)
-        return out
+        if not training:  # batch statistics without running ones: nothing to update
+            running_mean = running_var = num_batches_tracked = None
+        return ops.bn_act.train_update(x, weight, bias, eps, negative_slope, running_mean,
+                                       running_var, num_batches_tracked, momentum)
     return ops.bn_act.eval_mode(x, weight, bias, running_mean, running_var, eps, negative_slope)
-
-
-@torch.no_grad()
-def _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum, n):
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-    if momentum is None and num_batches_tracked is not None:
-        # Cumulative moving average; a tensor factor keeps torch.compile free of graph breaks.
-        factor = (1.0 / num_batches_tracked.to(torch.float64)).to(running_mean.dtype)
-    elif momentum is None:
-        factor = 0.0  # as BatchNorm2d: no counter, no update
-    else:
-        factor = momentum
-    unbiased = var * (n / (n - 1))
-    running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype) * factor)
-    running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype) * factor)
 
 
 def conv2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],

@@ -181,3 +181,28 @@ def test_cpu_work_splits(shape, channels_last):
         s = scale if what == "grad x" else scale * x.numel() / c
         assert_close(got, exp, torch.float32, scale=s, what=what)
 
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.37, None])
+@pytest.mark.parametrize("with_counter", [True, False])
+@pytest.mark.parametrize("stat_dtype", [torch.float32, torch.float64])
+def test_cpp_running_stats_update_is_the_python_one(momentum, with_counter, stat_dtype):
+    """The C++ eager op updates the running statistics bit for bit as
+    ops.bn_act.update_running_stats (the torch.compile and Triton path) does."""
+    from gan_fast.kernels import cpp
+    from gan_fast.ops.bn_act import update_running_stats
+    c = 37
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, c, 8, 8, generator=gen)
+    rm, rv = torch.randn(c, generator=gen).to(stat_dtype), (torch.rand(c, generator=gen) + 0.5).to(stat_dtype)
+    nbt = torch.tensor(3) if with_counter else None
+    got = [rm.clone(), rv.clone(), None if nbt is None else nbt.clone()]
+    version = got[0]._version
+    cpp.bn_act_train_eager(x, None, None, got[0], got[1], got[2], momentum, 1e-5, 0.2)
+    _, mean, var = torch.ops.gan_fast_C.bn_act_train_fwd(x, None, None, 1e-5, 0.2)
+    want = [rm.clone(), rv.clone(), None if nbt is None else nbt.clone()]
+    update_running_stats(want[0], want[1], want[2], mean, var, momentum, x.numel() // c)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert (got[2] is None) == (want[2] is None) and (got[2] is None or torch.equal(got[2], want[2]))
+    if momentum is not None or with_counter:
+        assert got[0]._version > version  # in-place updates are visible to autograd

@@ -11,9 +11,12 @@ import sys
 
 import pytest
 
+import gan_fast
 from gan_fast import backends
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+# the gan_fast under test, whether installed or imported from a checkout
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gan_fast.__file__)))
 
 
 def _isa(env):
@@ -25,7 +28,8 @@ def _isa(env):
 def test_portable_cpu_kernels():
     reason = backends.why_unavailable("cpu", "cpu")
     assert reason is None, reason  # the suite runs on a built extension
-    env = dict(os.environ, GAN_FAST_CPU_ISA="default")
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, GAN_FAST_CPU_ISA="default", PYTHONPATH=path)
     assert _isa(env) == "default"
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
            os.path.join(TESTS, "test_bn_act.py"), os.path.join(TESTS, "test_gan_loss.py"),

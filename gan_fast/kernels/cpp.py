@@ -34,6 +34,22 @@ def bn_act_bwd(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_
     return gx, gw, gb
 
 
+def bn_act_train_eager(x, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
+                       eps, negative_slope):
+    """Eager training forward with a C++ autograd node: act(BN(x)) like x; running stats
+    (C,) and num_batches_tracked (if given) updated in place as BatchNorm2d does."""
+    momentum = None if momentum is None else float(momentum)
+    return _ops.bn_act_train_eager.default(x, weight, bias, running_mean, running_var,
+                                           num_batches_tracked, momentum, float(eps),
+                                           float(negative_slope))
+
+
+def bn_act_eval_eager(x, weight, bias, mean, var, eps, negative_slope):
+    """Eager forward with given statistics and a C++ autograd node: act(BN(x)) like x."""
+    return _ops.bn_act_eval_eager.default(x, weight, bias, mean, var, float(eps),
+                                          float(negative_slope))
+
+
 def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
     """(loss 0-dim in fake's dtype, grad_real or None for side 'g', grad_fake)."""
     loss, grad_real, grad_fake = _ops.gan_loss_fwd(real, fake, kind, side, reduction,

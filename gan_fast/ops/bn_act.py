@@ -184,8 +184,56 @@ def train(x, weight, bias, eps, negative_slope):
     return _TrainEager.apply(x, weight, bias, eps, negative_slope)
 
 
+def train_update(x, weight, bias, eps, negative_slope, running_mean, running_var,
+                 num_batches_tracked, momentum):
+    """act(BN(x)) with batch statistics, differentiable w.r.t. x, weight, bias; the running
+    statistics (C,) (if given) and num_batches_tracked are updated in place as BatchNorm2d
+    does (momentum None: cumulative average). In eager mode on a backend with a C++
+    autograd entry point (cpu, cuda) the whole call is one C++ op."""
+    if not torch.compiler.is_compiling():
+        be = _eager_backend(x, weight, bias, eps, negative_slope)
+        if hasattr(be, "bn_act_train_eager"):
+            return be.bn_act_train_eager(x, weight, bias, running_mean, running_var,
+                                         num_batches_tracked, momentum, eps, negative_slope)
+    out, mean, var = train(x, weight, bias, eps, negative_slope)
+    if running_mean is not None:
+        update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum,
+                             x.numel() // x.shape[1])
+    return out
+
+
+def _eager_backend(x, weight, bias, eps, negative_slope):
+    """The backend module that runs bn_act_train for x (the choice _run_train makes)."""
+    run = lambda be: be.bn_act_train_fwd(_dense(x), weight, bias, eps, negative_slope)  # noqa: E731
+    return backends.resolve(x, "bn_act_train", run)
+
+
 def eval_mode(x, weight, bias, mean, var, eps, negative_slope):
     """act(BN(x)) with given statistics; differentiable w.r.t. x, weight, bias."""
     if torch.compiler.is_compiling():
         return bn_act_eval(x, weight, bias, mean, var, eps, negative_slope)
+    run = lambda be: be.bn_act_eval_fwd(_dense(x), weight, bias,  # noqa: E731
+                                        mean.to(_stat_dtype(x)), var.to(_stat_dtype(x)), eps,
+                                        negative_slope)
+    be = backends.resolve(x, "bn_act_eval", run)
+    if hasattr(be, "bn_act_eval_eager"):
+        return be.bn_act_eval_eager(x, weight, bias, mean, var, eps, negative_slope)
     return _EvalEager.apply(x, weight, bias, mean, var, eps, negative_slope)
+
+
+@torch.no_grad()
+def update_running_stats(running_mean, running_var, num_batches_tracked, mean, var, momentum, n):
+    """BatchNorm2d's update of running_mean/running_var (C,) and num_batches_tracked from
+    the batch mean and biased var (C,) of n values per channel, in place."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if momentum is None and num_batches_tracked is not None:
+        # Cumulative moving average; a tensor factor keeps torch.compile free of graph breaks.
+        factor = (1.0 / num_batches_tracked.to(torch.float64)).to(running_mean.dtype)
+    elif momentum is None:
+        factor = 0.0  # as BatchNorm2d: no counter, no update
+    else:
+        factor = momentum
+    unbiased = var * (n / (n - 1))
+    running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype) * factor)
+    running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype) * factor)

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_fast import backends
+from gan_fast.ops.bn_act import update_running_stats
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2 ** 31 - 1
@@ -338,8 +339,7 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
         out, _, mean, var = conv_bn_act_train(x, w, b, bn.weight, bn.bias, transposed, stride,
                                               padding, output_padding, bn.eps, negative_slope)
         if training and running_mean is not None:
-            from gan_fast.functional import _update_running_stats  # functional imports ops
-            _update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
+            update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
                                   momentum, n)
         return out
     return conv_bn_act_eval(x, w, b, bn.weight, bn.bias, running_mean, running_var, transposed,

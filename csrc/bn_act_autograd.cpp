@@ -1,0 +1,233 @@
+// Eager-mode bn_act with its autograd in C++: the entry points the Python
+// functional API calls on the cpu and cuda backends.
+//
+//   bn_act_train_eager(x, weight?, bias?, running_mean?, running_var?,
+//                      num_batches_tracked?, momentum?, eps, negative_slope) -> out
+//   bn_act_eval_eager(x, weight?, bias?, mean, var, eps, negative_slope) -> out
+//
+// They run the same kernels as the Python path (gan_fast_C::bn_act_train_fwd,
+// bn_act_eval_fwd, bn_act_bwd, through the dispatcher: CPU or CUDA by x's
+// device), but the autograd node and the running-statistics update are C++:
+// a Python autograd.Function plus the update in Python cost ~150 us a call,
+// ten times the kernels for small maps. The train op updates the running
+// statistics in place exactly as BatchNorm2d does (and as
+// gan_fast.functional._update_running_stats, the torch.compile path).
+// The backward is once-differentiable: double backward raises.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+namespace {
+
+using at::Tensor;
+using std::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Stats3 = std::tuple<Tensor, Tensor, Tensor>;
+
+auto& train_fwd_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gan_fast_C::bn_act_train_fwd", "")
+                       .typed<Stats3(const Tensor&, const optional<Tensor>&,
+                                     const optional<Tensor>&, double, double)>();
+  return op;
+}
+
+auto& eval_fwd_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gan_fast_C::bn_act_eval_fwd", "")
+                       .typed<Tensor(const Tensor&, const optional<Tensor>&,
+                                     const optional<Tensor>&, const Tensor&, const Tensor&,
+                                     double, double)>();
+  return op;
+}
+
+auto& bwd_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("gan_fast_C::bn_act_bwd", "")
+                       .typed<Stats3(const Tensor&, const Tensor&, const optional<Tensor>&,
+                                     const optional<Tensor>&, const Tensor&, const Tensor&,
+                                     double, double, bool)>();
+  return op;
+}
+
+at::MemoryFormat format_of(const Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// x as contiguous NCHW or channels_last, the two layouts the kernels take
+Tensor dense(const Tensor& x) {
+  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
+  return x.contiguous();
+}
+
+at::ScalarType stat_dtype(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+optional<Tensor> opt(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
+
+// Saves what the backward needs: the pre-BN x, the affine parameters and the
+// statistics (never the output).
+void save(AutogradContext* ctx, const Tensor& x, const optional<Tensor>& w,
+          const optional<Tensor>& b, const Tensor& mean, const Tensor& var, double eps,
+          double slope) {
+  ctx->save_for_backward({x, w.value_or(Tensor()), b.value_or(Tensor()), mean, var});
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["slope"] = slope;
+}
+
+// (grad x, grad weight, grad bias) for the saved tensors. Once-differentiable,
+// as torch.autograd.function.once_differentiable: under create_graph the
+// gradients come back behind a DelayedError node, so the first-order
+// gradients are usable and differentiating them again raises.
+variable_list backward_of(AutogradContext* ctx, const Tensor& grad_out, bool batch_stats) {
+  const auto saved = ctx->get_saved_variables();
+  const Tensor& x = saved[0];
+  const optional<Tensor> w = opt(saved[1]), b = opt(saved[2]);
+  const bool track = at::GradMode::is_enabled() && grad_out.requires_grad();
+  variable_list grads;
+  {
+    at::NoGradGuard no_grad;
+    auto [gx, gw, gb] = bwd_op().call(grad_out.contiguous(format_of(x)), x, w, b, saved[3],
+                                      saved[4], ctx->saved_data["eps"].toDouble(),
+                                      ctx->saved_data["slope"].toDouble(), batch_stats);
+    grads = {gx, w ? gw : Tensor(), b ? gb : Tensor()};
+  }
+  if (!track) return grads;
+  for (auto& g : grads) {
+    if (g.defined()) g = g.detach().requires_grad_(true);
+  }
+  torch::autograd::DelayedError err(
+      "gan_fast bn_act: double backward is not supported (the fused kernels have no second "
+      "derivative); use the stock BatchNorm2d and activation for gradient penalties through "
+      "this layer (trying to differentiate twice)",
+      static_cast<int>(grads.size()));
+  return err.apply(std::move(grads));
+}
+
+struct TrainFn : torch::autograd::Function<TrainFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x_in,
+                               const optional<Tensor>& w, const optional<Tensor>& b, double eps,
+                               double slope) {
+    const Tensor x = dense(x_in);
+    auto [out, mean, var] = train_fwd_op().call(x, w, b, eps, slope);
+    save(ctx, x, w, b, mean, var, eps, slope);
+    ctx->mark_non_differentiable({mean, var});
+    return {out, mean, var};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = backward_of(ctx, grads[0], true);
+    return {g[0], g[1], g[2], Tensor(), Tensor()};
+  }
+};
+
+struct EvalFn : torch::autograd::Function<EvalFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x_in,
+                               const optional<Tensor>& w, const optional<Tensor>& b,
+                               const Tensor& mean_in, const Tensor& var_in, double eps,
+                               double slope) {
+    const Tensor x = dense(x_in);
+    const Tensor mean = mean_in.to(stat_dtype(x)), var = var_in.to(stat_dtype(x));
+    Tensor out = eval_fwd_op().call(x, w, b, mean, var, eps, slope);
+    save(ctx, x, w, b, mean, var, eps, slope);
+    return {out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = backward_of(ctx, grads[0], false);
+    return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// BatchNorm2d's running-statistics update, op for op as
+// gan_fast.functional.update_running_stats (the same roundings: each ATen op
+// rounds to the statistics' dtype, and a double factor is used in it).
+void update_running_stats(Tensor& running_mean, Tensor& running_var,
+                          const optional<Tensor>& num_batches_tracked,
+                          const optional<double>& momentum, const Tensor& mean, const Tensor& var,
+                          int64_t n) {
+  at::NoGradGuard no_grad;
+  if (num_batches_tracked) num_batches_tracked->add_(1);
+  const double bessel = static_cast<double>(n) / static_cast<double>(n - 1);
+  if (!momentum && num_batches_tracked) {  // cumulative moving average: a tensor factor
+    const Tensor f = (1.0 / num_batches_tracked->to(at::kDouble)).to(running_mean.scalar_type());
+    running_mean.mul_(1 - f).add_(mean.to(running_mean.scalar_type()) * f);
+    running_var.mul_(1 - f).add_((var * bessel).to(running_var.scalar_type()) * f);
+    return;
+  }
+  const double f = momentum.value_or(0.0);  // no momentum and no counter: no update
+  const bool plain = running_mean.device().is_cpu() && running_var.device().is_cpu() &&
+                     running_mean.scalar_type() == at::kFloat &&
+                     running_var.scalar_type() == at::kFloat && mean.scalar_type() == at::kFloat &&
+                     var.scalar_type() == at::kFloat && running_mean.is_contiguous() &&
+                     running_var.is_contiguous();
+  if (!plain) {
+    running_mean.mul_(1 - f).add_(mean.to(running_mean.scalar_type()) * f);
+    running_var.mul_(1 - f).add_((var * bessel).to(running_var.scalar_type()) * f);
+    return;
+  }
+  // The common case (float32 CPU statistics) in one loop instead of eight ATen
+  // calls, with the roundings of those calls: float products and sums
+  // (the build has -ffp-contract=off: no fused multiply-add).
+  const float keep = static_cast<float>(1 - f), take = static_cast<float>(f);
+  const float b = static_cast<float>(bessel);
+  float* rm = running_mean.data_ptr<float>();
+  float* rv = running_var.data_ptr<float>();
+  const float* m = mean.const_data_ptr<float>();
+  const float* v = var.const_data_ptr<float>();
+  for (int64_t c = 0; c < running_mean.numel(); ++c) {
+    rm[c] = rm[c] * keep + m[c] * take;
+    rv[c] = rv[c] * keep + (v[c] * b) * take;
+  }
+  running_mean.unsafeGetTensorImpl()->bump_version();  // as an in-place ATen op would
+  running_var.unsafeGetTensorImpl()->bump_version();
+}
+
+Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
+                          const optional<Tensor>& bias, const optional<Tensor>& running_mean,
+                          const optional<Tensor>& running_var,
+                          const optional<Tensor>& num_batches_tracked,
+                          optional<double> momentum, double eps, double negative_slope) {
+  TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(),
+                    "gan_fast bn_act: running_mean and running_var must both be given or both "
+                    "be None");
+  auto outs = TrainFn::apply(x, weight, bias, eps, negative_slope);
+  if (running_mean) {
+    Tensor rm = *running_mean, rv = *running_var;
+    update_running_stats(rm, rv, num_batches_tracked, momentum, outs[1], outs[2],
+                         x.numel() / x.size(1));
+  }
+  return outs[0];
+}
+
+Tensor bn_act_eval_eager(const Tensor& x, const optional<Tensor>& weight,
+                         const optional<Tensor>& bias, const Tensor& mean, const Tensor& var,
+                         double eps, double negative_slope) {
+  return EvalFn::apply(x, weight, bias, mean, var, eps, negative_slope)[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
+  m.def(
+      "bn_act_train_eager(Tensor x, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean,"
+      " Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, float? momentum, float eps,"
+      " float negative_slope) -> Tensor");
+  m.def(
+      "bn_act_eval_eager(Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var,"
+      " float eps, float negative_slope) -> Tensor");
+}
+
+// CompositeImplicitAutograd: the functions above build their own autograd
+// node, so they serve every device and grad mode.
+TORCH_LIBRARY_IMPL(gan_fast_C, CompositeImplicitAutograd, m) {
+  m.impl("bn_act_train_eager", &bn_act_train_eager);
+  m.impl("bn_act_eval_eager", &bn_act_eval_eager);
+}
