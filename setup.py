@@ -13,33 +13,53 @@
 * GAN_FAST_NO_AVX2=1: leave out the AVX2 build of the CPU kernels.
 * GAN_FAST_CUDA_ARCH: nvcc -gencode flags override, e.g. "80;90" (default 80;90
   plus compute_90 PTX).
+* Sources and flags come from gan_fast/_build_flags.py, shared with the JIT build
+  of the CUDA kernels (gan_fast/_cuda_jit.py), which is the fallback when this
+  build has no CUDA kernels; csrc/cuda is shipped in the package as
+  gan_fast/_csrc/cuda for it.
 
 A failing compile fails the install: nothing here catches build errors.
 """
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _rel_glob(pattern):
+def _load_build_flags():
+    # By path: importing the gan_fast package would import torch-heavy modules.
+    path = os.path.join(ROOT, "gan_fast", "_build_flags.py")
+    spec = importlib.util.spec_from_file_location("gan_fast_build_flags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+flags = _load_build_flags()
+
+
+def _rel(paths):
     # setuptools wants source paths relative to setup.py
-    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    return [os.path.relpath(p, ROOT) for p in paths]
 
 
-def _cpu_sources():
-    cpu = _rel_glob("csrc/cpu/*.cpp")
-    # ISA-specific builds last: the linker keeps the first copy of shared inline
-    # functions, which must be the portable one.
-    portable = [s for s in cpu if not s.endswith("_avx2.cpp")]
-    special = [s for s in cpu if s.endswith("_avx2.cpp")]
-    top = _rel_glob("csrc/*.cpp")  # bindings.cpp (the op schemas) and the eager autograd ops
-    return top + portable + special
+class BuildPyWithCudaSources(build_py):
+    """Also ships csrc/cuda (as gan_fast/_csrc/cuda) for the CUDA JIT build (gan_fast._cuda_jit)."""
+
+    def run(self):
+        super().run()
+        dst = os.path.join(self.build_lib, "gan_fast", "_csrc", "cuda")
+        self.mkpath(dst)
+        for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*"))):
+            if os.path.isfile(src):
+                self.copy_file(src, os.path.join(dst, os.path.basename(src)))
 
 
 def _extensions():
@@ -55,16 +75,9 @@ def _extensions():
             "`pip install --no-build-isolation .` (or set GAN_FAST_NO_EXT=1 for a "
             "pure-Python install)") from e
 
-    cxx = ["-O3", "-ffp-contract=off"]  # no FMA contraction: z = x*scale + shift like the reference
-    link = []
-    if sys.platform.startswith("linux"):
-        cxx.append("-fopenmp")
-        link.append("-fopenmp")
-    if os.environ.get("GAN_FAST_NO_AVX2", "0") == "1":
-        cxx.append("-DGAN_FAST_NO_AVX2")
-
-    sources = _cpu_sources()
-    cuda_sources = _rel_glob("csrc/cuda/*.cu") + _rel_glob("csrc/cuda/*.cpp")
+    csrc = os.path.join(ROOT, "csrc")
+    sources = _rel(flags.cpu_sources(csrc))
+    cuda_sources = _rel(flags.cuda_sources(csrc))
     want_cuda = torch.version.cuda is not None
     if want_cuda and CUDA_HOME is None:
         print("gan_fast: torch has CUDA but no CUDA toolkit was found (CUDA_HOME); "
@@ -73,28 +86,22 @@ def _extensions():
         print("gan_fast: no csrc/cuda sources; building the CPU kernels only", file=sys.stderr)
 
     if want_cuda and CUDA_HOME is not None and cuda_sources:
-        archs = os.environ.get("GAN_FAST_CUDA_ARCH", "80;90").replace(",", ";").split(";")
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a]
-        last = [a for a in archs if a][-1]
-        gencode.append(f"-gencode=arch=compute_{last},code=compute_{last}")  # PTX for newer GPUs
-        # nvcc has no --use_fast_math=false: spell out the IEEE-exact defaults instead
-        nvcc = ["-O3", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", *gencode]
         ext = CUDAExtension(
             "gan_fast._C",
             sources + cuda_sources,
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc + ["-DWITH_CUDA"]},
-            extra_link_args=link,
+            extra_compile_args={"cxx": flags.cxx_flags(cuda=True), "nvcc": flags.nvcc_flags()},
+            extra_link_args=flags.link_flags(),
         )
     else:
         ext = CppExtension(
             "gan_fast._C",
             sources,
-            extra_compile_args={"cxx": cxx},
-            extra_link_args=link,
+            extra_compile_args={"cxx": flags.cxx_flags(cuda=False)},
+            extra_link_args=flags.link_flags(),
         )
     return [ext], {"build_ext": BuildExtension}
 
 
 ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(ext_modules=ext_modules, cmdclass={**cmdclass, "build_py": BuildPyWithCudaSources})

@@ -10,7 +10,8 @@
 #             summary.txt (environment, one line per phase), build.log, tests.log,
 #             sanitizer.log, bench.log and the benchmark's <name>.json/.md/.png.
 #   --quick   a ~3-minute check: CUDA/Triton tests only (-k "cuda or triton", stop at
-#             the first failure), a shorter sanitizer pass, `python -m benchmarks --quick`.
+#             the first failure; not the minutes-long CUDA JIT build test), a shorter
+#             sanitizer pass, `python -m benchmarks --quick`.
 #   The full run finishes inside 10 minutes: each phase has a time limit, and the
 #   benchmarks get what is left (--budget), so a slow phase shortens, never overruns.
 #
@@ -146,7 +147,7 @@ if [ -n "${GPU_CHECK_PYTEST_ARGS:-}" ]; then
   # shellcheck disable=SC2206
   TESTARGS=($GPU_CHECK_PYTEST_ARGS)
 elif [ "$QUICK" = 1 ]; then
-  TESTARGS=(tests -q -x -k "cuda or triton")
+  TESTARGS=(tests -q -x -k "(cuda or triton) and not jit_build")  # the JIT build test takes minutes
 else
   TESTARGS=(tests -q -ra)
 fi

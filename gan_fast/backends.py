@@ -13,6 +13,11 @@ A backend that ``auto`` passes over is named once in the log with the reason.
 A backend that is asked for by name and cannot run raises ``BackendUnavailable``:
 gan_fast never falls back silently from an explicit choice.
 
+The ``cpu`` and ``cuda`` backends run the compiled extension gan_fast._C. When it
+was built without CUDA kernels, the first question about the ``cuda`` backend
+JIT-builds them (``gan_fast._cuda_jit``; GAN_FAST_JIT=0 turns that off); a build
+that cannot run or fails is the reason ``why_unavailable`` gives.
+
 Every backend implements the kernel contract documented in ``gan_fast.reference``.
 """
 from __future__ import annotations
@@ -25,6 +30,8 @@ import threading
 import time
 
 import torch
+
+from gan_fast import _cuda_jit
 
 log = logging.getLogger("gan_fast")
 
@@ -78,8 +85,29 @@ def _extension():
 
 
 def extension_has(device_type: str) -> bool:
+    """Whether compiled kernels for `device_type` are loaded: in gan_fast._C, or (cuda) JIT-built.
+
+    Never starts a JIT build; ``why_unavailable("cuda", "cuda")`` does.
+    """
     ext, _ = _extension()
-    return ext is not None and device_type in ext.compiled_device_types()
+    if ext is None:
+        return False
+    jit = device_type == "cuda" and _cuda_jit.library() is not None
+    return jit or device_type in _cuda_jit.ext_device_types(ext)
+
+
+def cuda_kernels_origin() -> str:
+    """Where the cuda backend's kernels come from: gan_fast._C, a JIT build, or why neither.
+
+    May start the JIT build (gan_fast._cuda_jit), like any question about the cuda backend.
+    """
+    ext, _ = _extension()
+    if ext is not None and "cuda" in _cuda_jit.ext_device_types(ext):
+        return "built into gan_fast._C (setup.py)"
+    reason = why_unavailable("cuda", "cuda")
+    if reason is None:
+        return f"JIT-built (gan_fast._cuda_jit): {_cuda_jit.library()}"
+    return f"none: {reason}"
 
 
 def why_unavailable(name: str, device_type: str, dtype: torch.dtype | None = None) -> str | None:
@@ -93,10 +121,15 @@ def why_unavailable(name: str, device_type: str, dtype: torch.dtype | None = Non
             return f"the {name} backend runs {name} tensors, got {device_type} tensors"
         ext, err = _extension()
         if ext is None:
+            if name == "cuda":  # the JIT build is no way out: it adds kernels to the ops _C defines
+                return f"{err}; the JIT build of the CUDA kernels needs it"
             return err
-        if name not in ext.compiled_device_types():
-            return f"gan_fast._C was built without {name} kernels"
-        return None
+        if name in _cuda_jit.ext_device_types(ext):
+            return None
+        if name == "cuda":
+            reason = _cuda_jit.ensure()  # the JIT fallback; decided once per process
+            return None if reason is None else f"gan_fast._C has no CUDA kernels, and {reason}"
+        return f"gan_fast._C was built without {name} kernels"
     if name == "triton":
         try:
             importlib.import_module("triton")

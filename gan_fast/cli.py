@@ -22,6 +22,7 @@ def info() -> int:
         print("triton: not installed")
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"CUDA device: {cuda} (torch built with CUDA {torch.version.cuda})")
+    print(f"CUDA kernels: {backends.cuda_kernels_origin()}")
     print(f"backend requested: {backends.requested()}")
     for (name, device), reason in backends.report().items():
         print(f"  {name:9s} on {device:4s}: {'available' if reason is None else 'unavailable: ' + reason}")

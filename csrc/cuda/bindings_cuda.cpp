@@ -4,7 +4,10 @@
 // messages name the argument), allocate the outputs in x's memory format and the
 // workspace from PyTorch's caching allocator, launch the raw-pointer kernels of
 // bn_act.cu / gan_loss.cu on the current stream of x's device, and turn a
-// launch error into a c10::Error. Built only with -DWITH_CUDA (setup.py).
+// launch error into a c10::Error. Built with -DWITH_CUDA into gan_fast._C by setup.py,
+// or on its own by the JIT fallback (gan_fast/_cuda_jit.py), loaded next to a
+// gan_fast._C without CUDA kernels: so this file only adds kernels
+// (TORCH_LIBRARY_IMPL), never TORCH_LIBRARY or a PYBIND11_MODULE.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
