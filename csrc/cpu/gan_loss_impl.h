@@ -11,8 +11,9 @@
 //          D fake relu(1 + x), grad (1 + x <= 0) ? 0 : 1
 //   lsgan  real-target (x - 1)^2, D fake x^2
 //   wgan   D real -x, D fake x;  G side hinge/wgan: -x, grad -1
-// Logits are usually small (one per image): below kParallelMin values the
-// pass runs inline; above, in fixed chunks (deterministic sums).
+// Logits are usually small (one per image): below kLossParallelMin (values times a
+// per-kind cost) the pass runs inline; above, in fixed chunks (sums independent of the
+// thread count).
 #pragma once
 
 #ifndef GAN_FAST_ISA
@@ -32,7 +33,13 @@ namespace gan_fast::cpu::GAN_FAST_ISA {
 namespace {
 
 constexpr int64_t kLossChunk = 16384;
-constexpr int64_t kLossParallelMin = 65536;
+// Below this many values times the kind's cost the pass runs inline: a parallel region
+// costs several microseconds, hinge/lsgan/wgan take ~0.15 ns a value, bce (an exp, a
+// log1p, a division) about 20 times that.
+constexpr int64_t kLossParallelMin = 262144;
+constexpr int64_t cost_per_value(LossKind kind, int mode) {
+  return kind == LossKind::bce && mode != kGenNeg ? 16 : 1;
+}
 constexpr int64_t kLossFlush = 16;  // float vector steps summed before the sum moves to double
 
 // The same formulas for vectors (VV = Vectorized<A>) and scalars (VV = A).
@@ -55,6 +62,28 @@ GAN_FAST_SCALAR_OPS(float)
 GAN_FAST_SCALAR_OPS(double)
 #undef GAN_FAST_SCALAR_OPS
 
+// log1p(e) for e in [0, 1] (NaN passes): 2 atanh(u) with u = e / (2 + e) <= 1/3, by its
+// odd series through u^13 (the first term left out is below 1.5e-8 relative, under float
+// rounding); a division and a few multiply-adds instead of the library log1p, which
+// costs as much as the exp. Float lanes only: double would need twice the terms.
+template <typename VV>
+inline VV log1p_unit(const VV& e) {
+  if constexpr (std::is_same_v<VV, double> || std::is_same_v<VV, Vectorized<double>>) {
+    return v_log1p(e);
+  } else {
+    const VV u = e / (VV(2) + e);
+    const VV u2 = u * u;
+    VV p = VV(1.0f / 13);
+    p = p * u2 + VV(1.0f / 11);
+    p = p * u2 + VV(1.0f / 9);
+    p = p * u2 + VV(1.0f / 7);
+    p = p * u2 + VV(1.0f / 5);
+    p = p * u2 + VV(1.0f / 3);
+    p = p * u2 + VV(1);
+    return VV(2) * u * p;
+  }
+}
+
 template <LossKind kKind, int kMode, typename VV>
 inline void term(const VV& x, const VV& c1, const VV& t, VV& val, VV& grad) {
   const VV zero(0), one(1);
@@ -65,7 +94,7 @@ inline void term(const VV& x, const VV& c1, const VV& t, VV& val, VV& grad) {
     // With e = exp(-|x|) (one exp for both; NaN propagates through it):
     // logsigmoid(x) = min(x, 0) - log1p(e), sigmoid(x) = x < 0 ? e / (1 + e) : 1 / (1 + e)
     const VV e = v_exp(zero - v_abs(x));
-    const VV ls = neg_select(x, x, zero) - v_log1p(e);
+    const VV ls = neg_select(x, x, zero) - log1p_unit(e);
     val = c1 * x - ls;
     const VV r = one / (one + e);
     grad = neg_select(x, e * r, r) - t;
@@ -121,7 +150,9 @@ template <LossKind kKind, int kMode, typename T>
 double loss_pass_t(const void* xv, void* gv, int64_t n, bool mean, double t) {
   const T* x = static_cast<const T*>(xv);
   T* grad = static_cast<T*>(gv);
-  if (n < kLossParallelMin) return loss_run<kKind, kMode>(x, grad, 0, n, n, mean, t);
+  if (n * cost_per_value(kKind, kMode) < kLossParallelMin || n <= kLossChunk) {
+    return loss_run<kKind, kMode>(x, grad, 0, n, n, mean, t);
+  }
   const int64_t chunks = (n + kLossChunk - 1) / kLossChunk;
   std::vector<double> part(chunks, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
