@@ -16,11 +16,13 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
+#include <utility>
+
+#include "once_differentiable.h"
 
 namespace {
 
@@ -84,15 +86,12 @@ void save(AutogradContext* ctx, const Tensor& x, const optional<Tensor>& w,
   ctx->saved_data["slope"] = slope;
 }
 
-// (grad x, grad weight, grad bias) for the saved tensors. Once-differentiable,
-// as torch.autograd.function.once_differentiable: under create_graph the
-// gradients come back behind a DelayedError node, so the first-order
-// gradients are usable and differentiating them again raises.
+// (grad x, grad weight, grad bias) for the saved tensors; once-differentiable
+// (once_differentiable.h).
 variable_list backward_of(AutogradContext* ctx, const Tensor& grad_out, bool batch_stats) {
   const auto saved = ctx->get_saved_variables();
   const Tensor& x = saved[0];
   const optional<Tensor> w = opt(saved[1]), b = opt(saved[2]);
-  const bool track = at::GradMode::is_enabled() && grad_out.requires_grad();
   variable_list grads;
   {
     at::NoGradGuard no_grad;
@@ -101,16 +100,9 @@ variable_list backward_of(AutogradContext* ctx, const Tensor& grad_out, bool bat
                                       ctx->saved_data["slope"].toDouble(), batch_stats);
     grads = {gx, w ? gw : Tensor(), b ? gb : Tensor()};
   }
-  if (!track) return grads;
-  for (auto& g : grads) {
-    if (g.defined()) g = g.detach().requires_grad_(true);
-  }
-  torch::autograd::DelayedError err(
-      "gan_fast bn_act: double backward is not supported (the fused kernels have no second "
-      "derivative); use the stock BatchNorm2d and activation for gradient penalties through "
-      "this layer (trying to differentiate twice)",
-      static_cast<int>(grads.size()));
-  return err.apply(std::move(grads));
+  return gan_fast::once_differentiable(
+      std::move(grads), "bn_act",
+      "use the stock BatchNorm2d and activation for gradient penalties through this layer");
 }
 
 struct TrainFn : torch::autograd::Function<TrainFn> {

@@ -14,9 +14,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from gan_fast import backends
+from gan_fast.ops._once import once_differentiable
 
 
 def _memory_format(x: Tensor):
@@ -151,7 +151,7 @@ class _TrainEager(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
-    @once_differentiable  # the kernels have no second derivative: double backward raises
+    @once_differentiable("bn_act")
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         return (*_eager_backward(ctx, grad_out, True), None, None)
 
@@ -166,7 +166,7 @@ class _EvalEager(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("bn_act")
     def backward(ctx, grad_out):
         return (*_eager_backward(ctx, grad_out, False), None, None, None, None)
 
