@@ -57,3 +57,9 @@ def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
     if side == "g":
         return loss, None, grad_fake
     return loss, grad_real, grad_fake
+
+
+def gan_loss_eager(real, fake, kind, side, reduction, label_smoothing):
+    """The loss (0-dim, logits' dtype) with a C++ autograd node that saves d(loss)/d(logits)
+    from the same kernel; real is ignored for side 'g'."""
+    return _ops.gan_loss_eager.default(real, fake, kind, side, reduction, float(label_smoothing))

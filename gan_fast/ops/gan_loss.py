@@ -1,7 +1,9 @@
-"""Custom op for the fused GAN loss (``gan_fast::gan_loss``).
+"""Custom op for the fused GAN loss (``gan_fast::gan_loss``) and its eager entry point.
 
 The forward computes the loss *and* d(loss)/d(logits) in one kernel; autograd saves
-only that gradient, and the backward scales it by the incoming gradient.
+only that gradient, and the backward scales it by the incoming gradient (on CPU a
+gradient of exactly 1 passes the saved one through: no second pass). The backward
+is once-differentiable: double backward raises rather than drop second-order terms.
 """
 from __future__ import annotations
 
@@ -11,16 +13,34 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
+from gan_fast.ops._once import once_differentiable
+
+
+def _backend(fake: Tensor, real: Optional[Tensor], kind, side, reduction, label_smoothing):
+    """The backend module for these logits (under ``auto`` on CUDA: the faster, by measurement)."""
+    run = lambda be: be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)  # noqa: E731
+    return backends.resolve(fake, "gan_loss", run)
+
+
+def _run(real: Optional[Tensor], fake: Tensor, kind, side, reduction, label_smoothing):
+    """(loss 0-dim, grad_real or None, grad_fake) from the chosen backend, on dense logits."""
+    fake = fake.contiguous()
+    real = None if real is None else real.contiguous()
+    be = _backend(fake, real, kind, side, reduction, label_smoothing)
+    return be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)
+
+
+def _scaled(grad_loss: Tensor, grad_real: Optional[Tensor], grad_fake: Tensor):
+    """The saved gradients times grad_loss (traceable: torch.compile fuses the product)."""
+    scale = grad_loss.to(grad_fake.dtype)
+    return (None if grad_real is None else grad_real * scale), grad_fake * scale
 
 
 @torch.library.custom_op("gan_fast::gan_loss", mutates_args=())
 def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: str,
              label_smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (loss 0-dim, grad_real (empty for side 'g'), grad_fake)."""
-    fake = fake.contiguous()
-    real = None if real is None else real.contiguous()
-    run = lambda be: be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)  # noqa: E731
-    loss, grad_real, grad_fake = run(backends.resolve(fake, "gan_loss", run))
+    loss, grad_real, grad_fake = _run(real, fake, kind, side, reduction, label_smoothing)
     if grad_real is None:
         grad_real = fake.new_empty((0,))
     return loss, grad_real, grad_fake
@@ -41,38 +61,46 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_loss, _g1, _g2):
     grad_real, grad_fake = ctx.saved_tensors
-    scale = grad_loss.to(grad_fake.dtype)
-    return (grad_real * scale if ctx.has_real else None), grad_fake * scale, None, None, None, None
+    g_real, g_fake = _scaled(grad_loss, grad_real if ctx.has_real else None, grad_fake)
+    return g_real, g_fake, None, None, None, None
 
 
 gan_loss.register_autograd(_backward, setup_context=_setup)
 
 
 class _GanLossEager(torch.autograd.Function):
-    """The same computation without the custom-op layer, for eager mode: the loss is
-    launch-bound, and torch.library's Python dispatch costs several times the kernel."""
+    """Eager mode on backends without a C++ autograd entry (triton, reference): the same
+    kernels without the custom-op layer, whose Python dispatch costs several times the
+    kernel at DCGAN sizes."""
 
     @staticmethod
-    def forward(ctx, real, fake, kind, side, reduction, label_smoothing):
-        fake = fake.contiguous()
-        real = None if real is None else real.contiguous()
-        run = lambda be: be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)  # noqa: E731
-        loss, grad_real, grad_fake = run(backends.resolve(fake, "gan_loss", run))
-        ctx.has_real = real is not None
+    def forward(ctx, be, real, fake, kind, side, reduction, label_smoothing):
+        loss, grad_real, grad_fake = be.gan_loss_fwd(real, fake, kind, side, reduction,
+                                                     label_smoothing)
         ctx.save_for_backward(grad_real, grad_fake)
         return loss
 
     @staticmethod
+    @once_differentiable("gan_loss")
     def backward(ctx, grad_loss):
-        grad_real, grad_fake = ctx.saved_tensors
-        scale = grad_loss.to(grad_fake.dtype)
-        return (grad_real * scale if ctx.has_real else None), grad_fake * scale, None, None, None, None
+        grads = ctx.saved_tensors
+        # loss.backward() on CPU: the saved gradients are the answer, no second pass (on
+        # CUDA reading grad_loss would wait for the stream: it is multiplied instead)
+        if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
+            grads = _scaled(grad_loss, *grads)
+        return (None, *grads, None, None, None, None)
 
 
 def loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: str,
          label_smoothing: float) -> Tensor:
-    """The differentiable loss: the custom op under torch.compile, a plain
-    autograd.Function (same backend kernels) in eager mode."""
+    """The differentiable loss (0-dim, logits' dtype): the custom op under torch.compile;
+    in eager mode the backend's C++ autograd op (cpu, cuda) or an autograd.Function."""
     if torch.compiler.is_compiling():
         return gan_loss(real, fake, kind, side, reduction, label_smoothing)[0]
-    return _GanLossEager.apply(real, fake, kind, side, reduction, label_smoothing)
+    be = _backend(fake, real, kind, side, reduction, label_smoothing)
+    eager = getattr(be, "gan_loss_eager", None)
+    if eager is not None:
+        return eager(real, fake, kind, side, reduction, label_smoothing)
+    fake = fake.contiguous()
+    real = None if real is None else real.contiguous()
+    return _GanLossEager.apply(be, real, fake, kind, side, reduction, label_smoothing)
