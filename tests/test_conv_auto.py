@@ -244,6 +244,17 @@ def test_a_failing_fused_conv_is_logged_once_and_the_stock_way_kept(monkeypatch,
     _assert_same_state(block, twin)
 
 
+def test_a_channel_mismatch_is_not_timed_and_raises_the_stock_error(measuring, timer, calls):
+    block, twin = _make()
+    x = torch.randn(2, 5, 4, 4, device=DEVICE)
+    with pytest.raises(RuntimeError) as stock:
+        twin(x)
+    with pytest.raises(RuntimeError) as ours:
+        block(x)
+    assert str(ours.value) == str(stock.value)
+    assert timer.timed == [] and not any(calls.values())
+
+
 def test_cpu_tensors_under_plain_auto_are_never_timed(timer, calls):
     block, twin = _make()
     x = torch.randn(SHAPE)

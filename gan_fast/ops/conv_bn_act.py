@@ -47,13 +47,14 @@ afterwards needs a re-trace, e.g. ``torch._dynamo.reset()``. The fused conv appl
 
 * the conv: groups=1, dilation=1, padding_mode='zeros', numeric padding, no forward
   hooks on the conv or the BatchNorm (e.g. spectral_norm), out_channels ==
-  bn.num_features;
+  bn.num_features, x's channels == in_channels (else the stock conv raises its error);
 * the input: 4-D, non-empty, fp32/fp16/bf16, the conv weight (and bias) of the same
   dtype and device, BN parameters fp32 or x's dtype, autocast off (under autocast the
   stock conv decides the compute dtype: the caller falls back).
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 from typing import List, NamedTuple, Optional
@@ -404,8 +405,10 @@ def _fused_is_faster(key: tuple) -> bool:
     cfg = _Config(*key)
     k = (_OP, cfg)
     if k not in backends._choices:
-        try:
-            backends.timed_choice(_OP, cfg, _timed_runs(cfg), torch.device(cfg.device).type)
+        device = torch.device(cfg.device)
+        try:  # on x's GPU as the current device: the timer synchronizes the current device
+            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                backends.timed_choice(_OP, cfg, _timed_runs(cfg), device.type)
         except Exception as e:  # noqa: BLE001  (any failure: the stock way is the safe one)
             backends._choices[k] = "unfused"
             backends.log.warning("gan_fast: auto could not time the fused conv for %s (%s: %s); "
@@ -434,8 +437,8 @@ def _applies(x: Tensor, conv, bn) -> bool:
     if w.dtype != x.dtype or w.device != x.device or (b is not None and
                                                       (b.dtype != x.dtype or b.device != x.device)):
         return False
-    if conv.out_channels != bn.num_features:
-        return False
+    if conv.out_channels != bn.num_features or x.shape[1] != conv.in_channels:
+        return False  # a channel mismatch: the stock conv raises its own error
     for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
         if t is not None and t.device != x.device:
             return False
