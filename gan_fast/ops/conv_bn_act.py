@@ -55,17 +55,20 @@ afterwards needs a re-trace, e.g. ``torch._dynamo.reset()``. The fused conv appl
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import os
 from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from gan_fast import backends
 from gan_fast.ops import bn_act as ops_bn_act
 from gan_fast.ops.bn_act import update_running_stats
 
+log = logging.getLogger("gan_fast")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2 ** 31 - 1
 
@@ -319,9 +322,10 @@ def _config_key(x: Tensor, conv, bn, geometry, batch_stats: bool) -> tuple:
     params = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias) if t is not None]
     grad = torch.is_grad_enabled()
     bn_t = bn.weight if bn.weight is not None else bn.running_mean
-    return (str(x.device), transposed, tuple(operator.index(d) for d in x.shape), str(x.dtype),
+    size = lambda t: tuple(operator.index(d) for d in t.shape)  # noqa: E731
+    return (str(x.device), transposed, size(x), str(x.dtype),
             not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last),
-            tuple(operator.index(d) for d in conv.weight.shape), conv.bias is not None, tuple(stride),
+            size(conv.weight), conv.bias is not None, tuple(stride),
             tuple(padding), tuple(output_padding), bn.weight is not None,
             str(x.dtype if bn_t is None else bn_t.dtype), batch_stats,
             grad and x.requires_grad, grad and any(p.requires_grad for p in params))
@@ -339,13 +343,13 @@ def _private_block(cfg: _Config):
     gen.manual_seed(0)
     a, b, kernel = cfg.weight_shape[0], cfg.weight_shape[1], cfg.weight_shape[2:]
     if cfg.transposed:
-        conv = torch.nn.utils.skip_init(nn.ConvTranspose2d, a, b, kernel, cfg.stride, cfg.padding,
-                                        cfg.output_padding, bias=cfg.conv_bias, device=dev, dtype=dtype)
+        conv = skip_init(nn.ConvTranspose2d, a, b, kernel, cfg.stride, cfg.padding,
+                         cfg.output_padding, bias=cfg.conv_bias, device=dev, dtype=dtype)
     else:
-        conv = torch.nn.utils.skip_init(nn.Conv2d, b, a, kernel, cfg.stride, cfg.padding,
-                                        bias=cfg.conv_bias, device=dev, dtype=dtype)
-    bn = torch.nn.utils.skip_init(nn.BatchNorm2d, conv.out_channels, affine=cfg.affine,
-                                  device=dev, dtype=_dtype(cfg.bn_dtype))
+        conv = skip_init(nn.Conv2d, b, a, kernel, cfg.stride, cfg.padding, bias=cfg.conv_bias,
+                         device=dev, dtype=dtype)
+    bn = skip_init(nn.BatchNorm2d, conv.out_channels, affine=cfg.affine, device=dev,
+                   dtype=_dtype(cfg.bn_dtype))
     with torch.no_grad():
         for t in (*conv.parameters(), *bn.parameters(), bn.running_mean):
             t.normal_(0.0, 0.1, generator=gen)
@@ -383,7 +387,8 @@ def _timed_runs(cfg: _Config) -> dict:
     oh, ow = _out_hw(cfg.x_shape, cfg.weight_shape, *geometry)
     backward = cfg.grad_x or cfg.grad_params
     grad_out = torch.randn((cfg.x_shape[0], conv.out_channels, oh, ow), generator=gen,
-                           device=x.device, dtype=x.dtype).contiguous(memory_format=_conv_memory_format(x))
+                           device=x.device, dtype=x.dtype)
+    grad_out = grad_out.contiguous(memory_format=_conv_memory_format(x))
 
     def run(block):
         with torch.set_grad_enabled(backward):
@@ -411,8 +416,8 @@ def _fused_is_faster(key: tuple) -> bool:
                 backends.timed_choice(_OP, cfg, _timed_runs(cfg), device.type)
         except Exception as e:  # noqa: BLE001  (any failure: the stock way is the safe one)
             backends._choices[k] = "unfused"
-            backends.log.warning("gan_fast: auto could not time the fused conv for %s (%s: %s); "
-                                 "it runs the stock conv + bn_act there", cfg, type(e).__name__, e)
+            log.warning("gan_fast: auto could not time the fused conv for %s (%s: %s); "
+                        "it runs the stock conv + bn_act there", cfg, type(e).__name__, e)
     return backends._choices[k] == "fused"
 
 
