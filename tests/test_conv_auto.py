@@ -131,6 +131,16 @@ def test_only_cuda_is_measured_by_default():
     assert cba._measures_on("cuda") and not cba._measures_on("cpu")
 
 
+def test_tf32_is_part_of_the_key_for_fp32_on_cuda(monkeypatch):
+    cfg = cba._Config("cuda:0", False, SHAPE, "torch.float32", False, (4, 3, 4, 4), True, (2, 2),
+                      (1, 1), (0, 0), True, "torch.float32", True, True, True, False)
+    for allow in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
+        assert cba._tf32(cfg) is allow
+        assert cba._tf32(cfg._replace(dtype="torch.bfloat16")) is False
+        assert cba._tf32(cfg._replace(device="cpu")) is False
+
+
 def test_measured_once_per_key_and_listed(measuring, timer, calls):
     block, _ = _make()
     block.eval()

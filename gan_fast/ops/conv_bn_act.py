@@ -31,7 +31,7 @@ applies (below) and:
   configuration. The first call with a configuration (device, transposed, x's shape,
   dtype and memory format, the conv weight's shape, conv bias, stride, padding,
   output_padding, affine and the BN parameter dtype, batch vs running statistics,
-  whether x / the parameters need gradients) times forward (+ backward when gradients
+  whether x / the parameters need gradients, TF32 for fp32) times forward (+ backward when gradients
   are needed) of the fused conv against the stock conv + ``bn_act``, on private random
   tensors (the user's tensors, module state and RNG are not touched; one warm-up, then
   the median of 5 runs); the winner is cached in ``backends.choices()`` under
@@ -275,7 +275,8 @@ _MEASURE_SLOPE = 0.2  # the slope is a kernel argument, not a compile-time const
 
 class _Config(NamedTuple):
     """A block configuration as ``auto`` keys its measured choice: everything that changes
-    the kernels that run (built by _config_key from static Python values)."""
+    the kernels that run (built by _config_key from static Python values; tf32 added when
+    timing)."""
     device: str
     transposed: bool
     x_shape: tuple
@@ -291,6 +292,7 @@ class _Config(NamedTuple):
     batch_stats: bool
     grad_x: bool
     grad_params: bool
+    tf32: bool  # fp32 on CUDA: cudnn.allow_tf32 (both ways follow it)
 
 
 def _measures_on(device_type: str) -> bool:
@@ -329,6 +331,12 @@ def _config_key(x: Tensor, conv, bn, geometry, batch_stats: bool) -> tuple:
             tuple(padding), tuple(output_padding), bn.weight is not None,
             str(x.dtype if bn_t is None else bn_t.dtype), batch_stats,
             grad and x.requires_grad, grad and any(p.requires_grad for p in params))
+
+
+def _tf32(cfg: _Config) -> bool:
+    """Whether fp32 convolutions of `cfg` may use TF32 now (cuDNN's and the Triton conv's rule)."""
+    return (torch.device(cfg.device).type == "cuda" and cfg.dtype == str(torch.float32)
+            and bool(torch.backends.cudnn.allow_tf32))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -407,7 +415,8 @@ def _fused_is_faster(key: tuple) -> bool:
     ways timed once on private tensors, the winner cached in ``backends.choices()``. When
     the timing fails (e.g. a Triton compile error) the reason is logged once and the
     unfused way is kept. Runs eagerly, also while torch.compile traces (a constant there)."""
-    cfg = _Config(*key)
+    cfg = _Config(*key, tf32=False)
+    cfg = cfg._replace(tf32=_tf32(cfg))
     k = (_OP, cfg)
     if k not in backends._choices:
         device = torch.device(cfg.device)
