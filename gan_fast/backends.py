@@ -8,7 +8,10 @@ in that order; the default is ``auto``.
 reference. CUDA tensors -> whichever of the CUDA extension and Triton is faster
 for that op and input (shape, dtype, layout): both are timed once, the first time
 such an input is seen, and the choice is cached (``choices()`` lists them); with
-only one of the two available, that one; else the reference.
+only one of the two available, that one; else the reference. For the fused
+conv -> BatchNorm -> activation block (``gan_fast.ops.conv_bn_act``) ``auto`` on CUDA
+likewise times the Triton fused conv against the stock conv + the separate bn_act op,
+once per block configuration, and caches the choice the same way.
 A backend that ``auto`` passes over is named once in the log with the reason.
 A backend that is asked for by name and cannot run raises ``BackendUnavailable``:
 gan_fast never falls back silently from an explicit choice.
@@ -196,15 +199,22 @@ def _median_seconds(fn, device_type: str, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measured_choice(op: str, key, candidates, bench, device_type: str) -> str:
-    """Time ``bench(backend_module)`` for each candidate once; cache and return the fastest."""
+def timed_choice(op: str, key, runs: dict, device_type: str) -> str:
+    """Time each of ``runs`` ({name: fn}, fn() runs `op` one way) once; cache and return the
+    fastest name under (op, key) in ``choices()``. A cached choice is returned untimed."""
     k = (op, key)
     if k not in _choices:
-        times = {c: _median_seconds(lambda c=c: bench(_module_for(c)), device_type) for c in candidates}
+        times = {name: _median_seconds(fn, device_type) for name, fn in runs.items()}
         _choices[k] = min(times, key=times.get)
         log.info("gan_fast: auto chose %s for %s %s (%s)", _choices[k], op, key,
                  ", ".join(f"{c} {t * 1e6:.1f} us" for c, t in times.items()))
     return _choices[k]
+
+
+def measured_choice(op: str, key, candidates, bench, device_type: str) -> str:
+    """Time ``bench(backend_module)`` for each candidate once; cache and return the fastest."""
+    runs = {c: (lambda c=c: bench(_module_for(c))) for c in candidates}
+    return timed_choice(op, key, runs, device_type)
 
 
 def resolve(tensor: torch.Tensor, op: str | None = None, bench=None):
