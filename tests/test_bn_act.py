@@ -160,7 +160,10 @@ def test_gradcheck_float64(backend):
 # kTaskElems = 16384 values a task): a channel summed over several image blocks with a
 # remainder (HW = 4096: 4 planes a block, N = 9); planes cut into chunks (HW = 16900);
 # short planes with a scalar tail (HW = 35).
-SPLIT_SHAPES = [(9, 3, 64, 64), (2, 2, 130, 130), (40, 5, 7, 5)]
+# The CPU kernels' work splits: channel-local NCHW tasks (a channel of <= 128 KiB:
+# (6, 3, 64, 64), (40, 5, 7, 5)), whole-tensor passes over blocks of planes
+# ((9, 3, 64, 64), (40, 2, 64, 64)), plane chunks (130x130 planes), channels_last rows.
+SPLIT_SHAPES = [(6, 3, 64, 64), (9, 3, 64, 64), (2, 2, 130, 130), (40, 5, 7, 5), (40, 2, 64, 64)]
 
 
 @pytest.mark.parametrize("shape", SPLIT_SHAPES)
@@ -181,6 +184,30 @@ def test_cpu_work_splits(shape, channels_last):
         s = scale if what == "grad x" else scale * x.numel() / c
         assert_close(got, exp, torch.float32, scale=s, what=what)
 
+
+@pytest.mark.parametrize("shape", [(3, 3, 64, 64), (40, 5, 7, 5), (3, 7, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_channel_local_path_is_bitwise_the_whole_tensor_one(monkeypatch, shape, dtype):
+    """Channels small enough for cache run stats/finish/apply (and the backward) in one
+    task per channel; the sums keep the whole-tensor passes' order, so every output is
+    the same to the bit (GAN_FAST_CPU_CHANNEL_LOCAL=0 forces the whole-tensor passes)."""
+    from gan_fast.kernels import cpp  # noqa: F401  (loads gan_fast._C: torch.ops.gan_fast_C)
+    ops = torch.ops.gan_fast_C
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(shape, generator=gen) * 0.1 + 2.0).to(dtype)
+    g = torch.randn(shape, generator=gen).to(dtype)
+    w, b = torch.rand(shape[1], generator=gen) + 0.5, torch.randn(shape[1], generator=gen)
+
+    def both():
+        out, mean, var = ops.bn_act_train_fwd(x, w, b, 1e-5, 0.2)
+        return (out, mean, var, *ops.bn_act_bwd(g, x, w, b, mean, var, 1e-5, 0.2, True),
+                *ops.bn_act_bwd(g, x, w, b, mean, var, 1e-5, 0.2, False))
+
+    local = both()
+    monkeypatch.setenv("GAN_FAST_CPU_CHANNEL_LOCAL", "0")
+    whole = both()
+    for a, e in zip(local, whole):
+        assert torch.equal(a, e)
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.37, None])

@@ -4,7 +4,9 @@
 // bn_act_bwd); inputs were checked by csrc/bindings.cpp.
 //
 // Passes over the data: training forward = stats + apply (2 reads, 1 write);
-// backward = reduce + apply (4 reads, 1 write).
+// backward = reduce + apply (4 reads, 1 write). For NCHW channels that fit in
+// cache (channel_local) both run per channel in one task, so the second read
+// comes from cache: 1 read + 1 write forward, 2 reads + 1 write backward.
 #define GAN_FAST_ISA base
 #include "bn_act_impl.h"
 #undef GAN_FAST_ISA
@@ -14,6 +16,8 @@
 #include <ATen/ops/rsqrt.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 #include "cpu_ops.h"
@@ -137,6 +141,13 @@ void run_map(c10::ScalarType dt, int64_t es, const void* g, const void* x, void*
   if (sp.tail.HW > 0) call(sp.tail, sp.tail_offset, mean, scale, bias, B, K2);
 }
 
+// channel_local, unless GAN_FAST_CPU_CHANNEL_LOCAL=0 (read per call: for A/B
+// timings and the test that both paths give the same bits).
+bool use_local(const BnShape& s, int64_t elem_size) {
+  const char* env = std::getenv("GAN_FAST_CPU_CHANNEL_LOCAL");
+  return channel_local(s, elem_size) && !(env != nullptr && std::strcmp(env, "0") == 0);
+}
+
 bool is_channels_last(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
@@ -254,36 +265,59 @@ ChannelParams<acc_t> channel_params(const std::optional<at::Tensor>& weight,
   return p;
 }
 
+// Training forward, per channel once its sums X, Q are known: the batch mean and
+// biased variance (into the outputs) and z's parameters mean/scale/bias, with
+// invstd = 1 / sqrt(var + eps) in acc_t as torch.rsqrt computes it.
+template <typename acc_t>
+struct FwdFinish {
+  const acc_t *K, *weight, *bias;  // weight/bias null without affine
+  acc_t *mean_out, *var_out, *mean, *scale, *shift;
+  double n, eps;
+
+  static void call(void* self, int64_t c, double X, double Q) {
+    auto& f = *static_cast<FwdFinish*>(self);
+    const double k = static_cast<double>(f.K[c]);
+    // mean, and mean - K for the shifted variance
+    const double m = std::is_same_v<acc_t, double> ? k + X / f.n : X / f.n;
+    const double d = std::is_same_v<acc_t, double> ? X / f.n : m - k;
+    const double v = Q / f.n - d * d;  // biased variance (NaN stays NaN)
+    f.mean[c] = f.mean_out[c] = static_cast<acc_t>(m);
+    const acc_t var = f.var_out[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
+    const acc_t invstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(f.eps));
+    f.scale[c] = f.weight ? f.weight[c] * invstd : invstd;
+    f.shift[c] = f.bias ? f.bias[c] : acc_t(0);
+  }
+};
+
 template <typename acc_t>
 void train_fwd_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                     const std::optional<at::Tensor>& bias, double eps, double slope,
                     at::Tensor& out, at::Tensor& mean_t, at::Tensor& var_t) {
   const BnShape s = shape_of(x);
   const int64_t C = s.C, count = s.N * s.HW;
-  std::vector<acc_t> shift_k(C, acc_t(0));
+  std::vector<acc_t> shift_k(C, acc_t(0)), mean(C), scale(C), shift(C);
+  const std::vector<acc_t> w = weight ? to_acc<acc_t>(*weight) : std::vector<acc_t>();
+  const std::vector<acc_t> b = bias ? to_acc<acc_t>(*bias) : std::vector<acc_t>();
+  FwdFinish<acc_t> fin{shift_k.data(), weight ? w.data() : nullptr, bias ? b.data() : nullptr,
+                       mean_t.data_ptr<acc_t>(), var_t.data_ptr<acc_t>(), mean.data(),
+                       scale.data(), shift.data(), static_cast<double>(count), eps};
+  if (count == 0) {  // NaN statistics, as the reference's 0/0
+    for (int64_t c = 0; c < C; ++c) FwdFinish<acc_t>::call(&fin, c, 0.0, 0.0);
+    return;
+  }
+  for (int64_t c = 0; c < C; ++c) shift_k[c] = element<acc_t>(x, s.channels_last ? c : c * s.HW);
+  const auto dt = x.scalar_type();
+  if (use_local(s, x.element_size())) {
+    K().train_local(dt, x.const_data_ptr(), out.data_ptr(), s, shift_k.data(),
+                    &FwdFinish<acc_t>::call, &fin, mean.data(), scale.data(), shift.data(), slope);
+    return;
+  }
   std::vector<double> X(C, 0.0), Q(C, 0.0);
-  if (count > 0) {
-    for (int64_t c = 0; c < C; ++c) shift_k[c] = element<acc_t>(x, s.channels_last ? c : c * s.HW);
-    run_reduce<acc_t>(true, x.scalar_type(), x.element_size(), nullptr, x.const_data_ptr(), s,
-                      shift_k.data(), nullptr, nullptr, 0.0, X.data(), Q.data());
-  }
-  std::vector<acc_t> mean(C);
-  acc_t* mp = mean_t.data_ptr<acc_t>();
-  acc_t* vp = var_t.data_ptr<acc_t>();
-  const double n = static_cast<double>(count);
-  for (int64_t c = 0; c < C; ++c) {
-    const double k = static_cast<double>(shift_k[c]);
-    // mean, and mean - K for the shifted variance
-    const double m = std::is_same_v<acc_t, double> ? k + X[c] / n : X[c] / n;
-    const double d = std::is_same_v<acc_t, double> ? X[c] / n : m - k;
-    const double v = Q[c] / n - d * d;  // biased variance (NaN stays NaN)
-    mean[c] = mp[c] = static_cast<acc_t>(m);
-    vp[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
-  }
-  if (count == 0) return;
-  const ChannelParams<acc_t> p = channel_params<acc_t>(weight, bias, var_t, eps);
-  run_map<acc_t>(x.scalar_type(), x.element_size(), nullptr, x.const_data_ptr(), out.data_ptr(), s,
-                 mean.data(), p.scale.data(), p.bias.data(), nullptr, nullptr, slope, false);
+  run_reduce<acc_t>(true, dt, x.element_size(), nullptr, x.const_data_ptr(), s, shift_k.data(),
+                    nullptr, nullptr, 0.0, X.data(), Q.data());
+  for (int64_t c = 0; c < C; ++c) FwdFinish<acc_t>::call(&fin, c, X[c], Q[c]);
+  run_map<acc_t>(dt, x.element_size(), nullptr, x.const_data_ptr(), out.data_ptr(), s,
+                 mean.data(), scale.data(), shift.data(), nullptr, nullptr, slope, false);
 }
 
 }  // namespace
@@ -319,6 +353,26 @@ void eval_fwd_impl(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                  mean.data(), p.scale.data(), p.bias.data(), nullptr, nullptr, slope, false);
 }
 
+// Backward, per channel once sum_dz and sum_dz_xc are known: a = weight * invstd
+// (= scale); gx = a*dz - a*sum_dz/n - (x - mean) * a*invstd^2*sum_dz_xc/n, so
+// B = a*sum_dz/n, K2 = a*invstd^2*sum_dz_xc/n; grad weight = sum_dz_xc*invstd.
+template <typename acc_t>
+struct BwdFinish {
+  const acc_t *scale, *invstd;
+  acc_t *B, *K2;
+  double *sum_dz, *grad_w;
+  double n;
+
+  static void call(void* self, int64_t c, double sum_dz, double sum_dz_xc) {
+    auto& f = *static_cast<BwdFinish*>(self);
+    const double a = f.scale[c], inv = f.invstd[c];
+    f.B[c] = static_cast<acc_t>(a * sum_dz / f.n);
+    f.K2[c] = static_cast<acc_t>(a * inv * inv * sum_dz_xc / f.n);
+    f.sum_dz[c] = sum_dz;
+    f.grad_w[c] = sum_dz_xc * inv;
+  }
+};
+
 template <typename acc_t>
 void bwd_impl(const at::Tensor& g, const at::Tensor& x, const std::optional<at::Tensor>& weight,
               const std::optional<at::Tensor>& bias, const at::Tensor& mean_t,
@@ -328,29 +382,30 @@ void bwd_impl(const at::Tensor& g, const at::Tensor& x, const std::optional<at::
   const int64_t C = s.C, count = s.N * s.HW;
   const std::vector<acc_t> mean = to_acc<acc_t>(mean_t);
   const ChannelParams<acc_t> p = channel_params<acc_t>(weight, bias, var_t, eps);
-  std::vector<double> sum_dz(C, 0.0), sum_dz_xc(C, 0.0);
-  if (count > 0) {
-    run_reduce<acc_t>(false, x.scalar_type(), x.element_size(), g.const_data_ptr(),
-                      x.const_data_ptr(), s, mean.data(), p.scale.data(), p.bias.data(), slope,
-                      sum_dz.data(), sum_dz_xc.data());
-  }
-  // a = weight * invstd (= scale);
-  // gx = a*dz - a*sum_dz/n - (x - mean) * a*invstd^2*sum_dz_xc/n
+  std::vector<double> sum_dz(C, 0.0), grad_w(C, 0.0);
   std::vector<acc_t> B(C), K2(C);
-  std::vector<double> gw_d(C);
-  const double n = static_cast<double>(count);
-  for (int64_t c = 0; c < C; ++c) {
-    const double a = p.scale[c], inv = p.invstd[c];
-    B[c] = static_cast<acc_t>(a * sum_dz[c] / n);
-    K2[c] = static_cast<acc_t>(a * inv * inv * sum_dz_xc[c] / n);
-    gw_d[c] = sum_dz_xc[c] * inv;
+  BwdFinish<acc_t> fin{p.scale.data(), p.invstd.data(), B.data(), K2.data(),
+                       sum_dz.data(),  grad_w.data(),   static_cast<double>(count)};
+  const auto dt = x.scalar_type();
+  if (use_local(s, x.element_size())) {
+    K().bwd_local(dt, g.const_data_ptr(), x.const_data_ptr(), gx.data_ptr(), s, mean.data(),
+                  p.scale.data(), p.bias.data(), slope, &BwdFinish<acc_t>::call, &fin, B.data(),
+                  K2.data(), batch_stats);
+  } else {
+    std::vector<double> sum_dz_xc(C, 0.0);
+    if (count > 0) {
+      run_reduce<acc_t>(false, dt, x.element_size(), g.const_data_ptr(), x.const_data_ptr(), s,
+                        mean.data(), p.scale.data(), p.bias.data(), slope, sum_dz.data(),
+                        sum_dz_xc.data());
+    }
+    for (int64_t c = 0; c < C; ++c) BwdFinish<acc_t>::call(&fin, c, sum_dz[c], sum_dz_xc[c]);
+    if (count > 0) {
+      run_map<acc_t>(dt, x.element_size(), g.const_data_ptr(), x.const_data_ptr(), gx.data_ptr(),
+                     s, mean.data(), p.scale.data(), p.bias.data(), B.data(), K2.data(), slope,
+                     batch_stats);
+    }
   }
-  if (count > 0) {
-    run_map<acc_t>(x.scalar_type(), x.element_size(), g.const_data_ptr(), x.const_data_ptr(),
-                   gx.data_ptr(), s, mean.data(), p.scale.data(), p.bias.data(), B.data(),
-                   K2.data(), slope, batch_stats);
-  }
-  fill_from(gw, gw_d);
+  fill_from(gw, grad_w);
   fill_from(gb, sum_dz);
 }
 }  // namespace

@@ -8,6 +8,9 @@
 //    kTaskElems values) or one kTaskElems chunk of a plane, summed in
 //    registers; the task sums are combined per channel in a fixed order.
 //    Elementwise: runs of whole planes (or plane chunks) in memory order.
+//    Channel-local kernels (a channel small enough to stay in cache): one task
+//    per channel sums its planes, finishes its parameters and maps them, so the
+//    data comes from memory once instead of twice.
 //  * channels_last: rows of C contiguous values, one row per (n, h, w), read
 //    row after row. Reductions: a task is a range of rows with its own
 //    per-channel partial sums (combined afterwards). Elementwise: ranges of
@@ -466,6 +469,52 @@ void map_cl(const T* x, const T* g, T* out, const BnShape& s, const Op& op) {
   });
 }
 
+// ------------------------------------------------------------ channel-local
+// Channel c's sums over its N planes (HW <= kTaskElems) in reduce_nchw's
+// order: blocks of planes_per images summed in registers, then the block
+// totals one after another, so both paths give the same bits.
+template <typename T, typename Op>
+void channel_sums(const T* x, const T* g, const BnShape& s, int64_t c, const Op& op,
+                  double* tot) {
+  using Acc = SumN<typename Lanes<T>::acc_t, Op::kN, Op::kWide, Op::kFlush>;
+  const int64_t planes_per = std::max<int64_t>(1, kTaskElems / s.HW);
+  for (int k = 0; k < Op::kN; ++k) tot[k] = 0.0;
+  for (int64_t n0 = 0; n0 < s.N; n0 += planes_per) {
+    Acc acc;
+    for (int64_t n = n0; n < std::min(s.N, n0 + planes_per); ++n) {
+      const int64_t off = (n * s.C + c) * s.HW;
+      sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, s.HW, c, op, acc);
+    }
+    acc.flush();
+    for (int k = 0; k < Op::kN; ++k) tot[k] += acc.total(k);
+  }
+}
+
+template <typename T, typename MOp>
+inline void map_channel(const T* x, const T* g, T* out, const BnShape& s, int64_t c,
+                        const MOp& op) {
+  for (int64_t n = 0; n < s.N; ++n) {
+    const int64_t off = (n * s.C + c) * s.HW;
+    map_run<T>(x + off, g ? g + off : nullptr, out + off, s.HW, c, op);
+  }
+}
+
+// Per channel, one task: reduce with rop, finish, map with mop (whose
+// parameter arrays finish fills for that channel).
+template <typename T, typename ROp, typename MOp>
+void local_nchw(const T* x, const T* g, T* out, const BnShape& s, const ROp& rop, const MOp& mop,
+                ChannelFinish finish, void* ctx) {
+  const int64_t per_channel = s.N * s.HW * (ROp::kNeedsG ? 3 : 2);
+  at::parallel_for(0, s.C, grain_for(per_channel), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double tot[ROp::kN];
+      channel_sums<T>(x, g, s, c, rop, tot);
+      finish(ctx, c, tot[0], tot[1]);
+      map_channel<T>(x, g, out, s, c, mop);
+    }
+  });
+}
+
 // ------------------------------------------------------- typed entry points
 template <typename T>
 void stats_t(const void* x, const BnShape& s, const void* K, double* X, double* Q) {
@@ -542,6 +591,44 @@ void bwd_apply_t(const void* g, const void* x, void* gx, const BnShape& s, const
   }
 }
 
+template <typename T>
+void train_local_t(const void* x, void* out, const BnShape& s, const void* K, ChannelFinish finish,
+                   void* ctx, const void* mean, const void* scale, const void* bias,
+                   double slope) {
+  using acc_t = typename AccOf<T>::type;
+  const StatsOp<acc_t> rop{static_cast<const acc_t*>(K)};
+  const FwdOp<acc_t> mop{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
+                         static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
+  local_nchw<T>(static_cast<const T*>(x), static_cast<const T*>(nullptr), static_cast<T*>(out), s,
+                rop, mop, finish, ctx);
+}
+
+template <typename T, bool kBatch>
+void bwd_local_tb(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
+                  const void* scale, const void* bias, double slope, ChannelFinish finish,
+                  void* ctx, const void* B, const void* K2) {
+  using acc_t = typename AccOf<T>::type;
+  const auto* m = static_cast<const acc_t*>(mean);
+  const auto* sc = static_cast<const acc_t*>(scale);
+  const auto* b = static_cast<const acc_t*>(bias);
+  const BwdReduceOp<acc_t> rop{m, sc, b, static_cast<acc_t>(slope)};
+  const BwdApplyOp<acc_t, kBatch> mop{m, sc, b, static_cast<const acc_t*>(B),
+                                      static_cast<const acc_t*>(K2), static_cast<acc_t>(slope)};
+  local_nchw<T>(static_cast<const T*>(x), static_cast<const T*>(g), static_cast<T*>(gx), s, rop,
+                mop, finish, ctx);
+}
+
+template <typename T>
+void bwd_local_t(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
+                 const void* scale, const void* bias, double slope, ChannelFinish finish,
+                 void* ctx, const void* B, const void* K2, bool batch_stats) {
+  if (batch_stats) {
+    bwd_local_tb<T, true>(g, x, gx, s, mean, scale, bias, slope, finish, ctx, B, K2);
+  } else {
+    bwd_local_tb<T, false>(g, x, gx, s, mean, scale, bias, slope, finish, ctx, B, K2);
+  }
+}
+
 #define GAN_FAST_BN_DISPATCH(dtype, FN, ...)                                   \
   switch (dtype) {                                                             \
     case c10::ScalarType::Float: return FN<float>(__VA_ARGS__);                \
@@ -570,12 +657,24 @@ void bwd_apply(c10::ScalarType dt, const void* g, const void* x, void* gx, const
   GAN_FAST_BN_DISPATCH(dt, bwd_apply_t, g, x, gx, s, mean, scale, bias, B, K2, slope,
                        batch_stats)
 }
+void train_local(c10::ScalarType dt, const void* x, void* out, const BnShape& s, const void* K,
+                 ChannelFinish finish, void* ctx, const void* mean, const void* scale,
+                 const void* bias, double slope) {
+  GAN_FAST_BN_DISPATCH(dt, train_local_t, x, out, s, K, finish, ctx, mean, scale, bias, slope)
+}
+void bwd_local(c10::ScalarType dt, const void* g, const void* x, void* gx, const BnShape& s,
+               const void* mean, const void* scale, const void* bias, double slope,
+               ChannelFinish finish, void* ctx, const void* B, const void* K2, bool batch_stats) {
+  GAN_FAST_BN_DISPATCH(dt, bwd_local_t, g, x, gx, s, mean, scale, bias, slope, finish, ctx, B, K2,
+                       batch_stats)
+}
 #undef GAN_FAST_BN_DISPATCH
 
 }  // namespace
 
 const BnKernels& kernels() {
-  static const BnKernels table{&stats, &apply, &bwd_reduce, &bwd_apply};
+  static const BnKernels table{&stats,     &apply,      &bwd_reduce,
+                                 &bwd_apply, &train_local, &bwd_local};
   return table;
 }
 
