@@ -9,7 +9,7 @@ reference. CUDA tensors -> whichever of the CUDA extension and Triton is faster
 for that op and input (shape, dtype, layout): both are timed once, the first time
 such an input is seen, and the choice is cached (``choices()`` lists them); with
 only one of the two available, that one; else the reference. For the fused
-conv -> BatchNorm -> activation block (``gan_fast.ops.conv_bn_act``) ``auto`` on CUDA
+conv -> BatchNorm -> activation block (``gan_fast.ops.conv_block``) ``auto`` on CUDA
 likewise times the Triton fused conv against the stock conv + the separate bn_act op,
 once per block configuration, and caches the choice the same way.
 A backend that ``auto`` passes over is named once in the log with the reason.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_fast.nn import activation_slope, bn_act_from_module
-from gan_fast.ops.conv_bn_act import fused_block
+from gan_fast.ops.conv_block import fused_block
 
 log = logging.getLogger("gan_fast")
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from gan_fast import functional
-from gan_fast.ops.conv_bn_act import fused_block
+from gan_fast.ops.conv_block import fused_block
 
 __all__ = ["Conv2dBNAct", "ConvTranspose2dBNAct", "GANLoss", "bn_act_from_module"]
 

@@ -1,5 +1,5 @@
 """``auto``'s measured choice between the fused Triton conv and the stock conv + bn_act
-(gan_fast/ops/conv_bn_act.py: _fused_conv_mode, _fused_is_faster).
+(gan_fast/ops/conv_block.py: _fused_conv_mode, _fused_is_faster).
 
 ``auto`` times the fused conv only on CUDA tensors (``_measures_on``); here that function
 is patched so the choice is timed on CPU tensors with the Triton interpreter, on tiny
@@ -29,7 +29,7 @@ import gan_fast  # noqa: E402
 from gan_fast import backends  # noqa: E402
 from gan_fast.kernels.triton import conv as tconv  # noqa: E402
 from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct  # noqa: E402
-from gan_fast.ops import conv_bn_act as cba  # noqa: E402
+from gan_fast.ops import conv_block as cba  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _REASON = backends.why_unavailable("triton", DEVICE)

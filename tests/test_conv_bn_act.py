@@ -1,5 +1,6 @@
-"""The fused conv -> BatchNorm2d -> activation path (gan_fast/ops/conv_bn_act.py) through
-the modules (Conv2dBNAct / ConvTranspose2dBNAct, fuse()) against the stock nn layers.
+"""The fused conv -> BatchNorm2d -> activation path (gan_fast/ops/conv_block.py and
+conv_bn_act.py) through the modules (Conv2dBNAct / ConvTranspose2dBNAct, fuse()) against
+the stock nn layers.
 
 The triton backend is forced; without a GPU its kernels run in the Triton interpreter on
 CPU tensors (slow: tiny DCGAN-like shapes, and the BatchNorm variants run on a subset of

@@ -4,3 +4,4 @@ Each op is opaque to torch.compile (it sees the fake implementation), and picks
 its backend at run time through gan_fast.backends.
 """
 from gan_fast.ops import bn_act, conv_bn_act, gan_loss  # noqa: F401  (registers the ops)
+from gan_fast.ops import conv_block  # noqa: F401  (the blocks' entry point: fused_block)
