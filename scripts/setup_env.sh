@@ -32,6 +32,6 @@ STAMP="$VENV/.gan_fast_build_stamp"
 SRC_HASH="$(cd "$ROOT" && cat setup.py pyproject.toml $(find csrc -type f | sort) | sha1sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$SRC_HASH" ] || ! python -c "import gan_fast" 2>/dev/null; then
     echo "setup: building and installing gan_fast (C++ extension: about 2 minutes on 2 cores)"
-    python -m pip install -q --no-build-isolation -e "$ROOT[test,train]"
+    python -m pip install -q --no-build-isolation -e "$ROOT[test,train,bench]"
     echo "$SRC_HASH" > "$STAMP"
 fi
