@@ -509,7 +509,9 @@ def plot(result: dict, path: str) -> Optional[str]:
             ax.axhline(TARGETS[(op, "fwd+bwd")], color="red",
                        lw=0.8, ls="--", label="target")
         ax.set_xticks(range(len(cs)))
-        ax.set_xticklabels(labels, fontsize=7)
+        crowded = len(cs) > 16  # e.g. 32 loss cases: vertical labels that do not overlap
+        ax.set_xticklabels([lb.replace("\n", " ") for lb in labels] if crowded else labels,
+                           fontsize=6 if crowded else 7, rotation=90 if crowded else 0)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
         ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
