@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
       help="run compile-max-autotune for the conv blocks and steps too (minutes per shape)")
     a("--no-check", action="store_true", help="do not compare forward outputs with eager's")
     a("--no-memory", action="store_true", help="skip the memory probes")
+    a("--system-malloc", action="store_true",
+      help="CPU: keep glibc's default allocator settings (by default large blocks are kept "
+           "for reuse, see benchmarks.timing.steady_cpu_allocator)")
     a("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     a("--seed", type=int, default=0)
     a("--out-dir", default=None, help="output folder (default: benchmarks/results)")
@@ -111,7 +114,8 @@ def options_from_args(args):
         min_samples=args.min_samples, warmup=args.warmup, budget=args.budget,
         with_reference=args.with_reference, cpu_max_autotune=args.cpu_max_autotune,
         autotune_all=args.autotune_all,
-        check=not args.no_check, memory=not args.no_memory, seed=args.seed)
+        check=not args.no_check, memory=not args.no_memory,
+        system_malloc=args.system_malloc, seed=args.seed)
 
 
 def _sigterm(signum, frame):

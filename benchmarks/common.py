@@ -45,6 +45,7 @@ class Options:
     autotune_all: bool = False                   # max-autotune for blocks and steps too
     check: bool = True                           # compare outputs with eager's
     memory: bool = True
+    system_malloc: bool = False                  # CPU: leave glibc's allocator settings alone
     seed: int = 0
 
     def resolve(self) -> "Options":

@@ -307,6 +307,8 @@ def header_lines(result: dict, path: Optional[str] = None) -> list[str]:
         lines.append(f"Load average at start/end: {la0[0]:.2f} / {la1[0] if la1 else float('nan'):.2f} "
                      f"({env.get('cpu_count')} CPUs; the run itself adds about the thread count: more than that at "
                      "the start means other processes ran and the timings are noisy)")
+    if env.get("cpu_allocator"):
+        lines.append(f"CPU allocator: {env['cpu_allocator']}")
     return lines
 
 

@@ -263,12 +263,17 @@ def run(opts: Options, log: Callable[[str], None] = None, argv=None) -> dict:
     if opts.device == "cuda":
         # as DCGAN training scripts do; the untimed first call of each pair autotunes
         torch.backends.cudnn.benchmark = True
+    allocator = None
+    if opts.device == "cpu":
+        allocator = "system default (--system-malloc)" if opts.system_malloc else timing.steady_cpu_allocator()
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     deadline = t_start + opts.budget if opts.budget else float("inf")
     result = {"schema": SCHEMA, "env": environment(opts.device), "options": opts.to_dict(),
               "argv": list(argv) if argv is not None else None, "variants": {}, "cases": [],
               "complete": False}
+    if allocator is not None:
+        result["env"]["cpu_allocator"] = allocator
     # which variants can run here, once
     runnable = []
     for name in opts.variants:
