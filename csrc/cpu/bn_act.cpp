@@ -11,9 +11,7 @@
 #include "bn_act_impl.h"
 #undef GAN_FAST_ISA
 
-#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/rsqrt.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -236,10 +234,18 @@ acc_t element(const at::Tensor& x, int64_t off) {
   }
 }
 
-// Per-channel parameters of z = (x - mean) * scale + bias, computed as the
-// reference does: invstd with torch's own rsqrt on the (C,) tensor and
-// scale = weight * invstd in acc_t, so z matches it bit for bit (and so does
-// the side of the activation's kink an element falls on).
+// 1 / sqrt(var + eps) in acc_t, rounded as torch.rsqrt(var + eps) rounds it (a
+// correctly rounded add, sqrt and division), so that z = (x - mean) * scale +
+// bias matches the reference bit for bit (and so does the side of the
+// activation's kink an element falls on).
+template <typename acc_t>
+acc_t invstd_of(acc_t var, double eps) {
+  return acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
+}
+
+// Per-channel parameters of z = (x - mean) * scale + bias for given
+// statistics (eval forward, backward): invstd_of(var) and scale = weight *
+// invstd in acc_t, as the training forward's FwdFinish computes them.
 template <typename acc_t>
 struct ChannelParams {
   std::vector<acc_t> invstd, scale, bias;
@@ -249,9 +255,9 @@ template <typename acc_t>
 ChannelParams<acc_t> channel_params(const std::optional<at::Tensor>& weight,
                                     const std::optional<at::Tensor>& bias, const at::Tensor& var,
                                     double eps) {
-  constexpr auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
   ChannelParams<acc_t> p;
-  p.invstd = to_acc<acc_t>(at::rsqrt(at::add(var.to(acc_type), eps)));
+  p.invstd = to_acc<acc_t>(var);
+  for (acc_t& v : p.invstd) v = invstd_of(v, eps);
   const size_t C = p.invstd.size();
   if (weight.has_value()) {
     const std::vector<acc_t> w = to_acc<acc_t>(*weight);
@@ -266,8 +272,7 @@ ChannelParams<acc_t> channel_params(const std::optional<at::Tensor>& weight,
 }
 
 // Training forward, per channel once its sums X, Q are known: the batch mean and
-// biased variance (into the outputs) and z's parameters mean/scale/bias, with
-// invstd = 1 / sqrt(var + eps) in acc_t as torch.rsqrt computes it.
+// biased variance (into the outputs) and z's parameters mean/scale/bias.
 template <typename acc_t>
 struct FwdFinish {
   const acc_t *K, *weight, *bias;  // weight/bias null without affine
@@ -283,7 +288,7 @@ struct FwdFinish {
     const double v = Q / f.n - d * d;  // biased variance (NaN stays NaN)
     f.mean[c] = f.mean_out[c] = static_cast<acc_t>(m);
     const acc_t var = f.var_out[c] = static_cast<acc_t>(v < 0 ? 0.0 : v);
-    const acc_t invstd = acc_t(1) / std::sqrt(var + static_cast<acc_t>(f.eps));
+    const acc_t invstd = invstd_of(var, f.eps);
     f.scale[c] = f.weight ? f.weight[c] * invstd : invstd;
     f.shift[c] = f.bias ? f.bias[c] : acc_t(0);
   }
