@@ -22,10 +22,15 @@ def _backend(fake: Tensor, real: Optional[Tensor], kind, side, reduction, label_
     return backends.resolve(fake, "gan_loss", run)
 
 
+def _dense(real: Optional[Tensor], fake: Tensor):
+    """The logits as contiguous tensors, what every backend's kernel takes (and what
+    auto's timing of the backends must be given too)."""
+    return (None if real is None else real.contiguous()), fake.contiguous()
+
+
 def _run(real: Optional[Tensor], fake: Tensor, kind, side, reduction, label_smoothing):
     """(loss 0-dim, grad_real or None, grad_fake) from the chosen backend, on dense logits."""
-    fake = fake.contiguous()
-    real = None if real is None else real.contiguous()
+    real, fake = _dense(real, fake)
     be = _backend(fake, real, kind, side, reduction, label_smoothing)
     return be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)
 
@@ -97,10 +102,9 @@ def loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: 
     in eager mode the backend's C++ autograd op (cpu, cuda) or an autograd.Function."""
     if torch.compiler.is_compiling():
         return gan_loss(real, fake, kind, side, reduction, label_smoothing)[0]
+    real, fake = _dense(real, fake)
     be = _backend(fake, real, kind, side, reduction, label_smoothing)
     eager = getattr(be, "gan_loss_eager", None)
     if eager is not None:
         return eager(real, fake, kind, side, reduction, label_smoothing)
-    fake = fake.contiguous()
-    real = None if real is None else real.contiguous()
     return _GanLossEager.apply(be, real, fake, kind, side, reduction, label_smoothing)
