@@ -39,3 +39,41 @@ def assert_close(actual, expected, dtype, scale=1.0, what=""):
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), atol=atol * scale,
                                rtol=rtol, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+# The Triton conv kernels the fused blocks call (gan_fast.kernels.triton.conv).
+TRITON_CONV_KERNELS = ("conv2d_stats", "conv_transpose2d_stats", "conv2d_bn_act_eval",
+                       "conv_transpose2d_bn_act_eval", "bn_act_conv_backward")
+
+
+def require_triton(device):
+    """Call at the top of a Triton test module, before importing gan_fast's Triton
+    kernels: skips the module where triton cannot run on `device` (triton not installed),
+    saying why, unless GAN_FAST_REQUIRE_TRITON=1 (set by .ci/run), where that is an error:
+    CI must not lose the Triton tests to a failed install. TRITON_INTERPRET is set for
+    CPU-only machines by conftest.py."""
+    import os
+
+    import pytest
+
+    from gan_fast import backends
+    reason = backends.why_unavailable("triton", device)
+    if reason is None:
+        return
+    if os.environ.get("GAN_FAST_REQUIRE_TRITON") == "1":
+        raise RuntimeError(f"GAN_FAST_REQUIRE_TRITON=1 but the triton backend cannot run on "
+                           f"{device}: {reason}")
+    pytest.skip(f"triton backend unavailable: {reason}", allow_module_level=True)
+
+
+def count_calls(monkeypatch, module, names):
+    """Wraps module.<name> for each name so calls are counted; returns {name: count}."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        fn = getattr(module, name)
+
+        def counted(*args, _fn=fn, _name=name, **kwargs):
+            counts[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setattr(module, name, counted)
+    return counts

@@ -10,20 +10,15 @@ either outcome can be forced. The kernel calls made by the timing are not counte
 """
 import copy
 import logging
-import os
 import types
 
 import pytest
 import torch
-from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from helpers import TRITON_CONV_KERNELS as KERNELS, count_calls, require_triton
 
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pytest.skip("triton not installed", allow_module_level=True)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+require_triton(DEVICE)
 
 import gan_fast  # noqa: E402
 from gan_fast import backends  # noqa: E402
@@ -31,12 +26,6 @@ from gan_fast.kernels.triton import conv as tconv  # noqa: E402
 from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct  # noqa: E402
 from gan_fast.ops import conv_block as cba  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-_REASON = backends.why_unavailable("triton", DEVICE)
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}")
-
-KERNELS = ("conv2d_stats", "conv_transpose2d_stats", "conv2d_bn_act_eval",
-           "conv_transpose2d_bn_act_eval", "bn_act_conv_backward")
 SHAPE = (2, 3, 4, 4)  # k4 s2 p1: 4x4 -> 2x2 (Conv2d), 4x4 -> 8x8 (ConvTranspose2d)
 OUT_SHAPE = {Conv2dBNAct: (2, 4, 2, 2), ConvTranspose2dBNAct: (2, 4, 8, 8)}
 
@@ -70,15 +59,7 @@ def measuring(monkeypatch):
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the calls into the Triton conv kernels."""
-    counts = dict.fromkeys(KERNELS, 0)
-    for name in KERNELS:
-        fn = getattr(tconv, name)
-
-        def counted(*args, _fn=fn, _name=name, **kwargs):
-            counts[_name] += 1
-            return _fn(*args, **kwargs)
-        monkeypatch.setattr(tconv, name, counted)
-    return counts
+    return count_calls(monkeypatch, tconv, KERNELS)
 
 
 @pytest.fixture

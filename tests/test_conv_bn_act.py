@@ -17,47 +17,19 @@ kept in bf16 buffers, 1.2e-2]; the conv bias gradient, which BatchNorm makes ~0,
 3e-2 of the conv weight gradient's scale.
 """
 import copy
-import dataclasses
-import os
 
 import pytest
 import torch
 from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pytest.skip("triton not installed", allow_module_level=True)
-
-import gan_fast  # noqa: E402
-from gan_fast import backends  # noqa: E402
-from gan_fast.kernels.triton import conv as tconv  # noqa: E402
-from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct  # noqa: E402
+from helpers import TRITON_CONV_KERNELS as KERNELS, count_calls, require_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-_REASON = backends.why_unavailable("triton", DEVICE)
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}")
+require_triton(DEVICE)
 
-KERNELS = ("conv2d_stats", "conv_transpose2d_stats", "conv2d_bn_act_eval",
-           "conv_transpose2d_bn_act_eval", "bn_act_conv_backward")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_interpreter():
-    """As in test_triton_conv: the interpreter's int32 overflow sanitizer doubles its run
-    time and the host code already keeps offsets int32-safe; off for this module only."""
-    import triton.runtime.interpreter as interp
-    builder = getattr(interp, "interpreter_builder", None)
-    old = getattr(builder, "options", None)
-    if os.environ.get("TRITON_INTERPRET") != "1" or not dataclasses.is_dataclass(old):
-        yield
-        return
-    interp.interpreter_builder.options = dataclasses.replace(old, sanitize_overflow=False)
-    yield
-    interp.interpreter_builder.options = old
+import gan_fast  # noqa: E402
+from gan_fast.kernels.triton import conv as tconv  # noqa: E402
+from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -71,14 +43,7 @@ def _no_tf32():
 @pytest.fixture
 def calls(monkeypatch):
     """Forces the triton backend and counts the calls into the Triton conv kernels."""
-    counts = dict.fromkeys(KERNELS, 0)
-    for name in KERNELS:
-        fn = getattr(tconv, name)
-
-        def counted(*args, _fn=fn, _name=name, **kwargs):
-            counts[_name] += 1
-            return _fn(*args, **kwargs)
-        monkeypatch.setattr(tconv, name, counted)
+    counts = count_calls(monkeypatch, tconv, KERNELS)
     with gan_fast.use_backend("triton"):
         yield counts
 

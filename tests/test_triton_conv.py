@@ -15,23 +15,18 @@ shapes are tiny on purpose, and the half-precision and NCHW variants run on a su
 of the cases: the 63-channel cases are channels_last fp32 only).
 """
 import dataclasses
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from helpers import require_triton
 
-try:
-    import triton  # noqa: F401
-except ImportError:
-    pytest.skip("triton not installed", allow_module_level=True)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+require_triton(DEVICE)
 
 from gan_fast.kernels.triton import conv as tconv  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5
 SLOPE = 0.2
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}

@@ -5,21 +5,18 @@ backend where its exact semantics are the point (NaN/inf, label smoothing on sid
 On a machine without CUDA the kernels run on CPU tensors under TRITON_INTERPRET=1;
 with CUDA they run on the GPU.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any triton kernel is defined
+from helpers import require_triton
 
-pytest.importorskip("triton", reason="triton not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+require_triton(DEVICE)  # TRITON_INTERPRET on CPU-only machines: conftest.py
 
 from gan_fast import reference as ref  # noqa: E402
 from gan_fast.kernels import triton as tk  # noqa: E402
 from gan_fast.kernels.triton import bn_act as bn_act_mod  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS, SLOPE = 1e-5, 0.2
 SHAPES = [(2, 3, 1, 1), (2, 5, 4, 4), (2, 63, 7, 5), (3, 16, 8, 8)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
