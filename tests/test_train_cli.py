@@ -56,7 +56,10 @@ def test_tiny_end_to_end_run_resume_and_eval(tmp_path, capsys):
     assert not [n for n in names if n.endswith(".tmp")]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [2, 4]
-    assert {"loss_d", "loss_g", "step_time_s", "images_per_s"} <= set(recs[0])
+    assert set(recs[0]) == {"step", "loss_d", "loss_g", "d_real", "d_fake", "epoch"}
+    timing = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in timing] == [2, 4]
+    assert {"step_time_s", "images_per_s", "time_s"} <= set(timing[0])
     s = json.loads((out / "summary.json").read_text())
     assert s["steps"] == 4 and s["eval"]["fd"] >= 0 and len(s["eval"]["classes"]["counts"]) == 10
     assert (out / "samples_final.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

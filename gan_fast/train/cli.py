@@ -3,17 +3,24 @@
 ``main(argv)`` takes the arguments after ``gan-fast``; a first argument ``train`` or
 ``eval`` picks the subcommand, anything else means ``train`` (so
 ``python -m gan_fast.train --steps 100`` works too).
+
+Exit status: 0 done; 2 a bad option or environment problem (exactly one ``error:`` line
+on stderr, as argparse does); 1 training stopped on a non-finite loss or weight (the last
+finite state saved); 128 + signal number (130 for SIGINT, 143 for SIGTERM) when a signal
+stopped it (the state saved, where is said).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from gan_fast.train.loop import DTYPES, LOSS_KINDS, TrainConfig
+from gan_fast.train.config import DTYPES, LOSS_KINDS, TrainConfig
 
 _DEFAULTS = TrainConfig()
 _BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
@@ -50,6 +57,16 @@ def _positive_float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {s!r}")
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {s!r}")
+    return v
+
+
+def _learning_rate(s: str) -> float:
+    from gan_fast.train.config import MAX_LR
+    v = _positive_float(s)
+    if v > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LR:g}, got {s}")
     return v
 
 
@@ -83,10 +100,10 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=_nonneg_int, help="total training steps (one D and one "
                    "G update each)" + _d("steps"))
     o.add_argument("--batch-size", type=_positive_int, help="batch size" + _d("batch_size"))
-    o.add_argument("--lr", type=_positive_float, help="learning rate of both G and D "
+    o.add_argument("--lr", type=_learning_rate, help="learning rate of both G and D "
                    "(sets --lr-g and --lr-d)")
-    o.add_argument("--lr-g", type=_positive_float, help="G learning rate" + _d("lr_g"))
-    o.add_argument("--lr-d", type=_positive_float, help="D learning rate" + _d("lr_d"))
+    o.add_argument("--lr-g", type=_learning_rate, help="G learning rate" + _d("lr_g"))
+    o.add_argument("--lr-d", type=_learning_rate, help="D learning rate" + _d("lr_d"))
     o.add_argument("--beta1", type=float, help="Adam beta1" + _d("beta1"))
     o.add_argument("--beta2", type=float, help="Adam beta2" + _d("beta2"))
     o.add_argument("--loss", choices=LOSS_KINDS, help="GAN loss" + _d("loss"))
@@ -146,7 +163,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if given.get("resume"):
         from gan_fast.train import checkpoint
         out = Path(given.get("out", base["out"]))
-        saved = checkpoint.load(out / "checkpoint.pt")["config"]
+        saved = checkpoint.load(out / "checkpoint.pt", verify=False)["config"]  # Trainer verifies
         names = {f.name for f in fields(TrainConfig)}
         base.update({k: v for k, v in saved.items() if k in names})
         for k in ("resume", "overwrite"):
@@ -155,23 +172,46 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _errors() -> tuple:
+    """The exceptions that mean a bad option or environment problem (exit 2, one line)."""
+    from gan_fast import BackendUnavailable
+    from gan_fast.train.data import DataError, OptionalDependencyError
+    return (DataError, OptionalDependencyError, ValueError, OSError, BackendUnavailable)
+
+
+def _error(prog: str, e: BaseException) -> int:
+    text = " ".join(str(e).split()) or type(e).__name__
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    return 2
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``gan-fast train``: returns the exit status (see the module's docstring)."""
     parser = train_parser()
     args = parser.parse_args(argv)
-    from gan_fast.train.data import DataError, OptionalDependencyError
+    from gan_fast.train.guard import Interrupted, NonFiniteError
+    trainer = None
     try:
         cfg = config_from_args(args)
         from gan_fast.train.loop import Trainer
         trainer = Trainer(cfg)
         summary = trainer.run()
-    except (DataError, OptionalDependencyError, ValueError, FileNotFoundError,
-            FileExistsError) as e:
+    except NonFiniteError as e:
         print(f"gan-fast train: error: {e}", file=sys.stderr)
-        return 2
+        return 1
+    except Interrupted as e:
+        print(f"gan-fast train: {signal.Signals(e.signum).name}: stopped at step {e.step}; "
+              f"checkpoint saved to {e.path} (continue with: gan-fast train --resume "
+              f"--out {cfg.out} --steps {cfg.steps})", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("gan-fast train: interrupted (the last checkpoint is in "
-              f"{args.out or TrainConfig.out}; continue with --resume)", file=sys.stderr)
+        saved = getattr(trainer, "last_saved", None)
+        where = (f"the checkpoint of step {saved[0]} is {saved[1]}" if saved else
+                 "this run saved no checkpoint")
+        print(f"gan-fast train: interrupted; {where}", file=sys.stderr)
         return 130
+    except _errors() as e:
+        return _error("gan-fast train", e)
     print(format_summary(summary))
     return 0
 
@@ -187,8 +227,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"last losses: D {f['loss_d']:.4f}  G {f['loss_g']:.4f}")
     if "eval" in s:
         lines.append(format_eval(s["eval"]))
-    lines.append(f"output: {s['out']} (samples_final.png, metrics.jsonl, checkpoint.pt, "
-                 f"summary.json)")
+    lines.append(f"output: {s['out']} (samples_final.png, metrics.jsonl, timing.jsonl, "
+                 f"checkpoint.pt, summary.json)")
     return "\n".join(lines)
 
 
@@ -229,16 +269,15 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``gan-fast eval``: 0, or 2 with one ``error:`` line."""
     args = eval_parser().parse_args(argv)
-    from gan_fast.train.data import DataError, OptionalDependencyError
     try:
         result = evaluate_checkpoint(args)
-    except (DataError, OptionalDependencyError, ValueError, FileNotFoundError) as e:
-        print(f"gan-fast eval: error: {e}", file=sys.stderr)
-        return 2
-    print(format_eval(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(format_eval(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    except _errors() as e:
+        return _error("gan-fast eval", e)
     return 0
 
 
@@ -248,18 +287,21 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     from gan_fast.train import checkpoint
     from gan_fast.train.data import load_dataset
     from gan_fast.train.images import save_grid
-    from gan_fast.train.loop import default_cpu_threads, resolve_device
+    from gan_fast.train.config import resolve_device
+    from gan_fast.train.loop import default_cpu_threads
     from gan_fast.train.metrics import Evaluator, generate
     from gan_fast.train.models import build_models
 
-    ck = checkpoint.load(args.checkpoint)
-    cfg = ck["config"]
     device = resolve_device(args.device)
+    ck = checkpoint.load(args.checkpoint, warn=lambda m: print(
+        f"gan-fast eval: warning: {m}", file=sys.stderr))
+    cfg = ck["config"]
     if device.type == "cpu":
         torch.set_num_threads(default_cpu_threads())
     nc = ck["generator"]["main." + str(_last_conv_index(ck["generator"])) + ".weight"].shape[1]
     g, _ = build_models(cfg["nz"], cfg["ngf"], cfg["ndf"], nc, cfg["image_size"])
-    g.load_state_dict(ck["generator"])
+    checkpoint.load_module_state(g, ck["generator"], "generator",
+                                 checkpoint.file_of(args.checkpoint))
     g.to(device)
     source = args.data or cfg["data"]
     data_dir = args.data_dir if args.data else cfg.get("data_dir")
