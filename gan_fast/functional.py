@@ -5,8 +5,10 @@ Dtypes: float32, float16, bfloat16 (float64 on CPU). Statistics accumulate in fp
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -88,44 +90,100 @@ def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str = "bce", side: str 
     """A GAN loss and its gradient in one fused kernel.
 
     real/fake: discriminator logits of any shape ((N,), (N, 1), patch maps ...), float.
-    kind: 'bce' (alias 'nonsaturating'), 'hinge', 'lsgan' (MSE) or 'wgan'.
+    kind: 'bce' (aliases 'nonsaturating', 'ns'), 'hinge', 'lsgan' (MSE) or 'wgan'.
     side 'd': loss(real as real) + loss(fake as fake), each reduced over its own
     logits (real and fake may differ in size); side 'g': the generator's loss on
     `fake` (real must be None). label_smoothing: bce only, the real target becomes
-    1 - label_smoothing. Returns a 0-dim tensor in the logits' dtype.
+    1 - label_smoothing. Returns a 0-dim tensor in the logits' dtype; under
+    torch.autocast, float16/bfloat16 logits are computed in float32 and the loss is
+    float32, as for ``F.binary_cross_entropy_with_logits``.
     """
-    kind = check_loss_args(kind, side, reduction, label_smoothing)
-    _checks.tensor("fake", fake)
-    if side == "d":
-        if real is None:
-            raise ValueError("side='d' needs the discriminator's logits on real images (real)")
-        _checks.tensor("real", real)
-        _checks.same_device("fake", fake, real=real)
-        if real.dtype != fake.dtype:
-            raise TypeError(f"real and fake must have the same dtype, got {real.dtype} and {fake.dtype}")
-        if real.numel() == 0:
-            raise ValueError("real is empty")
-    elif real is not None:
-        raise ValueError("side='g' takes only the logits of fakes: pass real=None")
-    if fake.numel() == 0:
-        raise ValueError("fake is empty")
-    return ops.gan_loss.loss(real, fake, kind, side, reduction, float(label_smoothing))
+    args = loss_args(kind, side, reduction, label_smoothing)
+    real, fake = loss_inputs(real, fake, args[1])
+    return ops.gan_loss.loss(real, fake, *args)
 
 
-def check_loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> str:
-    """Validate a GAN loss configuration; returns the canonical kind name."""
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _type_name(v) -> str:
+    return f"{type(v).__name__} {v!r}" if isinstance(v, (str, bytes)) else type(v).__name__
+
+
+def loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> tuple[str, str, str, float]:
+    """Validate a GAN loss configuration, once: returns it canonical,
+    ``(kind, side, reduction, label_smoothing)`` with kind's aliases resolved ('nonsaturating'
+    and 'ns' are 'bce') and label_smoothing a float. The one definition of these checks:
+    what it returns is all a backend is ever given. Wrong types raise TypeError, wrong
+    values ValueError, each naming the argument and what it accepts."""
+    for name, value, allowed in (("kind", kind, tuple(_KIND_ALIASES)), ("side", side, ("d", "g")),
+                                 ("reduction", reduction, REDUCTIONS)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, one of {allowed}, got {_type_name(value)}")
     canonical = _KIND_ALIASES.get(kind)
     if canonical is None:
-        raise ValueError(f"kind must be one of {LOSS_KINDS} (or 'nonsaturating'), got {kind!r}")
+        raise ValueError(f"kind must be one of {LOSS_KINDS} (or 'nonsaturating'/'ns' for 'bce'), got {kind!r}")
     if side not in ("d", "g"):
         raise ValueError(f"side must be 'd' (discriminator) or 'g' (generator), got {side!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number (a float in [0, 1)), "
+                        f"got {_type_name(label_smoothing)}")
+    label_smoothing = float(label_smoothing)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if label_smoothing and (canonical != "bce" or side != "d"):
         raise ValueError("label_smoothing applies to the bce discriminator loss only")
-    return canonical
+    return canonical, side, reduction, label_smoothing
+
+
+def check_loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> str:
+    """Validate a GAN loss configuration (``loss_args``); returns the canonical kind name."""
+    return loss_args(kind, side, reduction, label_smoothing)[0]
+
+
+def _not_tensor(name: str, t) -> TypeError:
+    return TypeError(f"{name} must be a torch.Tensor of logits, got {type(t).__name__}")
+
+
+def loss_inputs(real: Optional[Tensor], fake: Tensor, side: str) -> tuple[Optional[Tensor], Tensor]:
+    """The per-call checks of a loss's logits (side already validated), kept cheap: the
+    tensors' type, a floating dtype, the same device and dtype for real and fake, none
+    empty. Under torch.autocast for their device, float16/bfloat16 logits come back as
+    float32 (what autocast does for binary_cross_entropy_with_logits)."""
+    if not isinstance(fake, Tensor):
+        raise _not_tensor("fake", fake)
+    dtype = fake.dtype
+    if dtype in _HALF and _autocast_on(fake):
+        fake, dtype = fake.float(), torch.float32
+    if side == "d":
+        if real is None:
+            raise ValueError("side='d' needs the discriminator's logits on real images (real)")
+        if not isinstance(real, Tensor):
+            raise _not_tensor("real", real)
+        if real.dtype in _HALF and _autocast_on(real):
+            real = real.float()
+        if real.device != fake.device:
+            _checks.same_device("fake", fake, real=real)
+        if real.dtype != dtype:
+            raise TypeError(f"real and fake must have the same dtype, got {real.dtype} and {dtype}")
+        if real.numel() == 0:
+            raise ValueError("real is empty")
+    elif real is not None:
+        raise ValueError("side='g' takes only the logits of fakes: pass real=None")
+    if dtype not in _checks.FLOAT_DTYPES:
+        _checks.tensor("fake", fake)
+    if fake.numel() == 0:
+        raise ValueError("fake is empty")
+    return real, fake
+
+
+def _autocast_on(t: Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:  # a device type autocast does not know
+        return False
 
 
 def d_loss(real: Tensor, fake: Tensor, kind: str = "bce", reduction: str = "mean",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gan_fast import functional
+from gan_fast import functional, ops
 from gan_fast.ops.conv_block import fused_block
 
 __all__ = ["Conv2dBNAct", "ConvTranspose2dBNAct", "GANLoss", "bn_act_from_module"]
@@ -122,22 +122,33 @@ class GANLoss(nn.Module):
 
     GANLoss(kind='bce'|'hinge'|'lsgan'|'wgan', side='d'|'g', reduction='mean'|'sum',
     label_smoothing=0.0). side 'd': ``loss(real_logits, fake_logits)``; side 'g':
-    ``loss(fake_logits)``. Logits of any shape; returns a 0-dim tensor.
+    ``loss(fake_logits)``. Logits of any shape; returns a 0-dim tensor (float32 under
+    torch.autocast, like the stock losses).
+
+    The arguments are validated and made canonical once, here ('nonsaturating' is
+    stored as 'bce'; read-only afterwards); the kernel is resolved once per device,
+    dtype and requested backend (``gan_fast.ops.gan_loss.EagerLoss``), so a call costs
+    the host no more than ``F.binary_cross_entropy_with_logits``.
     """
 
     def __init__(self, kind: str = "bce", side: str = "d", reduction: str = "mean",
                  label_smoothing: float = 0.0):
         super().__init__()
-        functional.check_loss_args(kind, side, reduction, label_smoothing)  # fail at construction
-        self.kind, self.side, self.reduction, self.label_smoothing = kind, side, reduction, label_smoothing
+        self._loss = ops.gan_loss.EagerLoss(*functional.loss_args(kind, side, reduction, label_smoothing))
+
+    kind = property(lambda self: self._loss.args[0], doc="canonical loss kind")
+    side = property(lambda self: self._loss.args[1], doc="'d' or 'g'")
+    reduction = property(lambda self: self._loss.args[2], doc="'mean' or 'sum'")
+    label_smoothing = property(lambda self: self._loss.args[3], doc="float in [0, 1)")
 
     def forward(self, *logits: Tensor) -> Tensor:
-        want = 2 if self.side == "d" else 1
-        if len(logits) != want:
-            what = "(real_logits, fake_logits)" if self.side == "d" else "(fake_logits)"
-            raise TypeError(f"GANLoss(side={self.side!r}) takes {what}, got {len(logits)} tensors")
-        real, fake = (logits if want == 2 else (None, logits[0]))
-        return functional.gan_loss(real, fake, self.kind, self.side, self.reduction, self.label_smoothing)
+        side = self._loss.args[1]
+        if len(logits) != (2 if side == "d" else 1):
+            what = "(real_logits, fake_logits)" if side == "d" else "(fake_logits)"
+            raise TypeError(f"GANLoss(side={side!r}) takes {what}, got {len(logits)} tensors")
+        real, fake = logits if side == "d" else (None, logits[0])
+        real, fake = functional.loss_inputs(real, fake, side)
+        return self._loss(real, fake)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, side={self.side!r}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"

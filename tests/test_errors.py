@@ -127,3 +127,33 @@ def test_loss_double_backward_raises(backend, kind):
         real.grad = fake.grad = None
         functional.gan_loss(real, fake, kind, "d").backward()  # first order is unaffected
         assert real.grad is not None and fake.grad is not None
+
+
+def test_loss_argument_types():
+    """A wrong type is a TypeError naming the argument and what it accepts, raised at
+    construction (GANLoss) or before any kernel (functional), never inside a backend."""
+    with pytest.raises(TypeError, match=r"label_smoothing must be a real number \(a float in \[0, 1\)\), got str '0.1'"):
+        GANLoss(label_smoothing="0.1")
+    with pytest.raises(TypeError, match="label_smoothing must be a real number"):
+        functional.gan_loss(torch.randn(2), torch.randn(2), label_smoothing=None)
+    with pytest.raises(TypeError, match=r"kind must be a str, one of \(.*'bce'.*\), got int"):
+        GANLoss(kind=1)
+    with pytest.raises(TypeError, match=r"side must be a str, one of \('d', 'g'\), got NoneType"):
+        GANLoss("bce", side=None)
+    with pytest.raises(TypeError, match=r"reduction must be a str, one of \('mean', 'sum'\), got bytes"):
+        functional.gan_loss(None, torch.randn(2), side="g", reduction=b"mean")
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\), got nan"):
+        GANLoss(label_smoothing=float("nan"))
+    crit = GANLoss("bce", "d")
+    with pytest.raises(TypeError, match="real must be a torch.Tensor of logits, got list"):
+        crit([0.5], torch.randn(2))
+    with pytest.raises(TypeError, match="fake must be a torch.Tensor of logits, got float"):
+        GANLoss("bce", "g")(0.5)
+    with pytest.raises(TypeError, match="fake must have dtype in"):
+        GANLoss("bce", "g")(torch.ones(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="real is on cpu but fake is on meta"):
+        crit(torch.randn(2), torch.randn(2, device="meta"))
+    with pytest.raises(ValueError, match="real is empty"):
+        crit(torch.randn(0), torch.randn(2))
+    with pytest.raises(TypeError, match="real and fake must have the same dtype"):
+        crit(torch.randn(2), torch.randn(2, dtype=torch.float64))

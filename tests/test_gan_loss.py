@@ -196,3 +196,95 @@ def test_backward_twice_and_accumulation(backend):
         loss.backward()
         close(real.grad, 3 * once[0], torch.float32)
         close(fake.grad, 3 * once[1], torch.float32)
+
+
+def test_module_resolves_once_per_device_dtype_and_backend(monkeypatch):
+    """GANLoss resolves its kernel once per (device, dtype, requested backend), not per call;
+    a backend asked for after construction (use_backend, GAN_FAST_BACKEND) still takes effect."""
+    from gan_fast import backends
+    calls = []
+    resolve = backends.resolve
+    monkeypatch.setattr(backends, "resolve", lambda *a, **k: calls.append(a) or resolve(*a, **k))
+    monkeypatch.delenv("GAN_FAST_BACKEND", raising=False)
+    crit = gnn.GANLoss("bce", "g")
+    x = torch.randn(6, requires_grad=True)
+    with gan_fast.use_backend("cpu"):
+        for _ in range(3):
+            node = crit(x).grad_fn.name()
+    assert len(calls) == 1 and "CppNode<" in node
+    with gan_fast.use_backend("reference"):
+        assert "CppNode<" not in crit(x).grad_fn.name()
+        crit(x.double())  # another dtype: resolved once more
+    assert len(calls) == 3
+    # the variable is read when the requested backend may change (set_backend(None): back to it)
+    monkeypatch.setenv("GAN_FAST_BACKEND", "reference")
+    gan_fast.set_backend(None)
+    assert "CppNode<" not in crit(x).grad_fn.name()
+    monkeypatch.setenv("GAN_FAST_BACKEND", "cpu")
+    gan_fast.set_backend(None)
+    assert "CppNode<" in crit(x).grad_fn.name()
+    assert len(calls) == 3  # both (name, cpu, float32) were cached before
+
+
+def test_module_canonical_and_picklable():
+    import copy
+    import pickle
+    crit = gnn.GANLoss("nonsaturating", "d", label_smoothing=0)
+    assert (crit.kind, crit.side, crit.reduction, crit.label_smoothing) == ("bce", "d", "mean", 0.0)
+    assert isinstance(crit.label_smoothing, float)
+    real, fake = torch.randn(5), torch.randn(7)
+    want = crit(real, fake)
+    for other in (pickle.loads(pickle.dumps(crit)), copy.deepcopy(crit)):
+        torch.testing.assert_close(other(real, fake), want)
+    assert functional.loss_args("ns", "g", "sum", 0) == ("bce", "g", "sum", 0.0)
+
+
+@pytest.mark.parametrize("side", ["d", "g"])
+def test_autocast_returns_stock_dtype_and_value(side):
+    """Under torch.autocast the stock BCE runs in float32 (autocast's fp32 list) and returns
+    float32; GANLoss on low-precision logits must return the same dtype and value."""
+    gen = torch.Generator().manual_seed(0)
+    fake = (torch.randn(97, generator=gen) * 3 + 2.5).to(torch.bfloat16).requires_grad_()
+    real = (torch.randn(61, generator=gen) * 3).to(torch.bfloat16).requires_grad_()
+    from gan_fast.train.loop import stock_gan_loss
+    stock, crit = stock_gan_loss("bce", side), gnn.GANLoss("bce", side, reduction="mean")
+    args = (real, fake) if side == "d" else (fake,)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = stock(*args)
+        got = crit(*args)
+        got_f = functional.gan_loss(real if side == "d" else None, fake, "bce", side)
+    assert want.dtype == got.dtype == got_f.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_f, want, rtol=1e-6, atol=1e-6)
+    assert want.to(torch.bfloat16).float() != want  # bf16 could not hold the value
+    grads = torch.autograd.grad(got, args)
+    want_grads = torch.autograd.grad(stock(*(a.float() for a in args)), args)
+    for g, w, a in zip(grads, want_grads, args):
+        assert g.dtype == a.dtype == torch.bfloat16
+        torch.testing.assert_close(g, w)
+    # outside autocast: the logits' dtype, as before
+    assert crit(*args).dtype == torch.bfloat16
+
+
+def test_sum_under_autocast_keeps_fp32_precision():
+    """The case of issue 12: stock's loss reads 121.16 where a bf16 result would read 121.0."""
+    x = torch.tensor([-7.578125] * 15 + [-7.7265625], dtype=torch.bfloat16)  # exact in bf16
+    crit = gnn.GANLoss("bce", "g", reduction="sum")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="sum")
+        got = crit(x)
+    assert got.dtype == want.dtype == torch.float32
+    assert want.to(torch.bfloat16).item() == 121.0 and want.item() > 121.1
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_module_under_torch_compile():
+    """Traced by dynamo (fullgraph): the custom op, not the cached eager callable."""
+    crit = gnn.GANLoss("hinge", "d")
+    fn = torch.compile(lambda r, f: crit(r, f) * 2, backend="aot_eager", fullgraph=True)
+    real, fake = torch.randn(5, requires_grad=True), torch.randn(7, requires_grad=True)
+    got = fn(real, fake)
+    want = 2 * reference.gan_loss("hinge", real.detach().double(), fake.detach().double())
+    close(got, want, torch.float32)
+    got.backward()
+    assert real.grad is not None and fake.grad is not None

@@ -7,6 +7,8 @@ is once-differentiable: double backward raises rather than drop second-order ter
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Optional
 
 import torch
@@ -96,15 +98,96 @@ class _GanLossEager(torch.autograd.Function):
         return (None, *grads, None, None, None, None)
 
 
-def loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: str,
-         label_smoothing: float) -> Tensor:
-    """The differentiable loss (0-dim, logits' dtype): the custom op under torch.compile;
-    in eager mode the backend's C++ autograd op (cpu, cuda) or an autograd.Function."""
-    if torch.compiler.is_compiling():
-        return gan_loss(real, fake, kind, side, reduction, label_smoothing)[0]
+class EagerLoss:
+    """``(real, fake) -> loss`` for one validated, canonical configuration
+    (``functional.loss_args``; the logits checked by ``functional.loss_inputs``).
+
+    The backend's eager callable is resolved once per (requested backend name, device,
+    dtype) and kept: a call costs an integer compare and a dict lookup, not a backend
+    resolution. The requested name is read again (``backends.requested()``) when
+    ``backends.generation`` moves (``use_backend``, ``set_backend``) or another thread
+    calls, so switching backends after construction takes effect at the next call;
+    GAN_FAST_BACKEND is read then too (a change of the variable alone, mid-process, is
+    seen at the next such switch). The one choice that depends on the input's shape,
+    ``auto`` on CUDA with both the cuda and triton backends (timed per shape), is made
+    per call by ``backends.resolve`` instead. Under torch.compile: the custom op.
+    """
+
+    def __init__(self, kind: str, side: str, reduction: str, label_smoothing: float):
+        self.args = (kind, side, reduction, float(label_smoothing))
+        self._by_name: dict = {}            # requested name -> {(device, dtype): fn}
+        self._cur = (None, None, None, None)  # (backend token, thread, name's dict, name)
+
+    def __getstate__(self):  # the cached callables are rebuilt where it is unpickled
+        return {"args": self.args}
+
+    def __setstate__(self, state):
+        self.__init__(*state["args"])
+
+    def __call__(self, real: Optional[Tensor], fake: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return gan_loss(real, fake, *self.args)[0]
+        cur = self._cur
+        if (cur[0] != (backends.generation if _HAS_GENERATION else backends.requested())
+                or cur[1] != threading.get_ident()):
+            cur = self._refresh()
+        fn = cur[2].get((fake.device, fake.dtype))
+        if fn is None:
+            fn = self._resolve(fake, cur[2], cur[3])
+        return fn(real, fake, *self.args)
+
+    def _refresh(self):
+        # the token before the name: a switch in between makes the next call refresh again
+        token = backends.generation if _HAS_GENERATION else backends.requested()
+        name = backends.requested()
+        self._cur = cur = (token, threading.get_ident(), self._by_name.setdefault(name, {}), name)
+        return cur
+
+    def _resolve(self, fake: Tensor, fns: dict, name: str):
+        """``fn(real, fake, kind, side, reduction, label_smoothing)`` for fake's device and
+        dtype on backend `name`; cached in `fns` unless auto chooses per shape."""
+        per_shape = (name == "auto" and fake.device.type == "cuda"
+                     and all(backends.why_unavailable(c, "cuda", fake.dtype) is None
+                             for c in ("cuda", "triton")))
+        if per_shape:
+            return _per_call
+        be = backends.resolve(fake)
+        # the C++ eager op makes the logits contiguous itself
+        fn = getattr(be, "gan_loss_eager", None) or functools.partial(_call_function, be)
+        fns[(fake.device, fake.dtype)] = fn
+        return fn
+
+
+# backends.generation moves whenever the requested backend may change; without it (an
+# older backends module) the requested name itself is compared, read every call
+_HAS_GENERATION = hasattr(backends, "generation")
+
+
+def _call_function(be, real, fake, *args):
     real, fake = _dense(real, fake)
-    be = _backend(fake, real, kind, side, reduction, label_smoothing)
+    return _GanLossEager.apply(be, real, fake, *args)
+
+
+def _per_call(real, fake, *args):
+    """auto on CUDA with two fast backends: the choice is timed per shape (backends.resolve)."""
+    real, fake = _dense(real, fake)
+    be = _backend(fake, real, *args)
     eager = getattr(be, "gan_loss_eager", None)
     if eager is not None:
-        return eager(real, fake, kind, side, reduction, label_smoothing)
-    return _GanLossEager.apply(be, real, fake, kind, side, reduction, label_smoothing)
+        return eager(real, fake, *args)
+    return _GanLossEager.apply(be, real, fake, *args)
+
+
+_BOUND: dict = {}
+
+
+def loss(real: Optional[Tensor], fake: Tensor, kind: str, side: str, reduction: str,
+         label_smoothing: float) -> Tensor:
+    """The differentiable loss (0-dim, logits' dtype) for a canonical configuration and
+    checked logits: the custom op under torch.compile; in eager mode the backend's C++
+    autograd op (cpu, cuda) or an autograd.Function, through a shared ``EagerLoss``."""
+    key = (kind, side, reduction, label_smoothing)
+    bound = _BOUND.get(key)
+    if bound is None:
+        bound = _BOUND[key] = EagerLoss(*key)
+    return bound(real, fake)
