@@ -1,80 +1,136 @@
 """``fuse(model)`` / ``unfuse(model)``: convert a stock model in place.
 
-Every ``Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU`` chain is fused by
-changing the classes of the existing module objects, never their parameters:
+Every ``Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU`` chain that ``fuse`` can
+prove is only ever called as a whole is fused by changing the classes of the existing
+module objects, never their parameters:
 
 * the conv becomes ``FusedConv2d`` / ``FusedConvTranspose2d`` (subclasses of the
   stock conv) whose forward runs conv + fused BatchNorm+activation;
 * the BatchNorm becomes ``AbsorbedBatchNorm2d`` (a BatchNorm2d whose forward is
   the identity: its parameters and buffers stay where they were);
-* the activation module is replaced by ``nn.Identity`` (it holds no state).
+* the activation module is replaced by ``AbsorbedActivation`` (an ``nn.Identity``; the
+  activation holds no state).
 
-So ``state_dict`` keys and tensors are unchanged and checkpoints load both ways.
-Chains are found with torch.fx (any module layout whose forward traces); if the
-model does not trace, only ``nn.Sequential`` chains are fused. An activation that
-is a function call in forward, or a module used more than once, stays in place
-and only conv+BatchNorm are fused (activation slope 1 = identity).
+So ``state_dict`` keys and tensors are unchanged and checkpoints load both ways. Hooks
+registered on these modules after ``fuse`` would see fused values, so registering one
+raises a RuntimeError; hooks present before ``fuse`` keep their chain stock.
+
+How forward calls the modules is learned, in training and in eval mode, by running it on
+fake tensors (``gan_fast._trace``: Python control flow followed, no kernels, no state
+changed) with ``example_inputs``, else from a ``torch.fx`` trace, else by running it on a
+guessed input (N=2, the first conv's in_channels, square sizes 1..256). A chain is fused
+when, in every recorded forward, each call of the conv feeds only its BatchNorm and the
+BatchNorm only ever takes the conv's output, both from the same module's forward. The
+activation is absorbed when it is the only user of the BatchNorm's output and is called
+nowhere else; otherwise it stays in place and only conv+BatchNorm are fused (slope 1 =
+identity). A model none of these can analyse gets nothing fused, unless
+``assume_sequential=True``: then adjacent ``nn.Sequential`` chains are fused on the
+user's word that forward calls them only through the Sequential.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 
-import torch.fx
-import torch.nn.functional as F
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from gan_fast import _trace
+from gan_fast._trace import Call
 from gan_fast.nn import activation_slope, bn_act_from_module
-from gan_fast.ops.conv_block import fused_block
+from gan_fast.ops.block import block_forward, paths as _paths
 
 log = logging.getLogger("gan_fast")
 
-__all__ = ["fuse", "unfuse", "FuseReport", "FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d"]
+__all__ = ["fuse", "unfuse", "FuseReport", "FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d",
+           "AbsorbedActivation"]
 
 _IDENTITY_SLOPE = 1.0  # LeakyReLU with slope 1 is the identity: BatchNorm only
 
 
-class _FusedConvMixin:
+class _RefusesHooks:
+    """A module whose forward ``fuse`` changed: a hook on it would not see what the stock
+    layer computes there, so registering one raises (the check costs nothing per call)."""
+
+    def _absorbed(self) -> str:
+        raise NotImplementedError
+
+    def _refuse_hook(self, *args, **kwargs):
+        raise RuntimeError(
+            f"gan_fast.fuse {self._absorbed()}, so a hook here would not see what the stock layer "
+            "computes; register hooks before fuse (the chain is then left alone) or call "
+            "gan_fast.unfuse(model) first")
+
+    register_forward_hook = register_forward_pre_hook = _refuse_hook
+    register_full_backward_hook = register_full_backward_pre_hook = register_backward_hook = _refuse_hook
+
+
+class _FusedConvMixin(_RefusesHooks):
     def _bn_act(self, y):
         return bn_act_from_module(y, self._gan_fast_bn, self._gan_fast_slope)
+
+    def _absorbed(self):
+        what = "BatchNorm2d" + (" and activation" if self._gan_fast_act_slot else "")
+        return f"fused the {what} after this {_STOCK_CLASS[type(self)].__name__} into it"
 
 
 class FusedConv2d(_FusedConvMixin, nn.Conv2d):
     """An nn.Conv2d whose forward also applies its absorbed BatchNorm2d + activation."""
 
     def forward(self, x):
-        out = fused_block(x, self, self._gan_fast_bn, self._gan_fast_slope)  # None: not applicable
-        return out if out is not None else self._bn_act(self._conv_forward(x, self.weight, self.bias))
+        return block_forward(_paths(self), x, self, self._gan_fast_bn, self._gan_fast_slope)
 
 
 class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
     """An nn.ConvTranspose2d whose forward also applies its absorbed BatchNorm2d + activation."""
 
     def forward(self, x, output_size=None):
-        out = None if output_size is not None else fused_block(x, self, self._gan_fast_bn, self._gan_fast_slope)
-        return out if out is not None else self._bn_act(nn.ConvTranspose2d.forward(self, x, output_size))
+        if output_size is not None:  # an output_padding chosen per call: the stock conv
+            return self._bn_act(nn.ConvTranspose2d.forward(self, x, output_size))
+        return block_forward(_paths(self), x, self, self._gan_fast_bn, self._gan_fast_slope)
 
 
-class AbsorbedBatchNorm2d(nn.BatchNorm2d):
+class AbsorbedBatchNorm2d(_RefusesHooks, nn.BatchNorm2d):
     """A BatchNorm2d computed by the fused conv before it: forward is the identity."""
 
     def forward(self, x):
         return x
 
+    def _absorbed(self):
+        return "absorbed this BatchNorm2d into the conv before it"
+
+
+class AbsorbedActivation(_RefusesHooks, nn.Identity):
+    """Stands where an activation absorbed by the fused conv before it was: the identity."""
+
+    def __init__(self, stock: str):
+        super().__init__()
+        self.stock = stock  # the replaced module's repr, e.g. "ReLU(inplace=True)"
+
+    def _absorbed(self):
+        return f"absorbed the {self.stock} here into the conv before it"
+
+    def extra_repr(self):
+        return f"absorbed {self.stock}"
+
 
 _FUSED_CLASS = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d}
 _STOCK_CLASS = {v: k for k, v in _FUSED_CLASS.items()}
-_FUNCTIONAL_ACTS = {F.relu, F.leaky_relu, torch.relu}
+_ACTS = (nn.ReLU, nn.LeakyReLU)
 
 
 @dataclasses.dataclass
 class FuseReport:
-    """What ``fuse`` changed: lists of human-readable lines."""
+    """What ``fuse`` changed and why: ``how`` the model was analysed, and lists of
+    human-readable lines for the chains ``fused`` and those ``left`` (with the reason)."""
     fused: list = dataclasses.field(default_factory=list)
     left: list = dataclasses.field(default_factory=list)
+    how: str = ""
 
     def __str__(self):
         lines = [f"gan_fast.fuse: fused {len(self.fused)} block(s), left {len(self.left)}"]
+        lines += [f"  how:   {self.how}"] if self.how else []
         lines += [f"  fused: {s}" for s in self.fused] + [f"  left:  {s}" for s in self.left]
         return "\n".join(lines)
 
@@ -88,11 +144,6 @@ class _Chain:
     note: str = ""
 
 
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m, qualname):
-        return super().is_leaf_module(m, qualname) or type(m).__module__.startswith("gan_fast")
-
-
 def _shared_paths(model):
     seen, shared = {}, set()
     for name, m in model.named_modules(remove_duplicate=False):
@@ -100,6 +151,13 @@ def _shared_paths(model):
             shared.update({seen[id(m)], name})
         seen.setdefault(id(m), name)
     return shared
+
+
+def _hooks(m) -> str:
+    """The kinds of hooks `m` carries, as words ('' if none)."""
+    kinds = (("forward", m._forward_hooks), ("forward pre-", m._forward_pre_hooks),
+             ("backward", m._backward_hooks), ("backward pre-", m._backward_pre_hooks))
+    return " and ".join(f"{k} hooks" for k, d in kinds if d)
 
 
 def _conv_bn_ok(conv, bn):
@@ -110,53 +168,82 @@ def _conv_bn_ok(conv, bn):
     if bn.num_features != conv.out_channels:
         return "BatchNorm2d.num_features != conv.out_channels"
     for m in (conv, bn):
-        if m._forward_hooks or m._forward_pre_hooks:
-            return f"{type(m).__name__} has forward hooks (e.g. spectral_norm)"
+        if _hooks(m):
+            return f"the {type(m).__name__} has {_hooks(m)} (e.g. spectral_norm)"
     return None
 
 
-def _chains_from_graph(model, graph, report):
+def _desc(uses) -> str:
+    return ", ".join(u.path if isinstance(u, Call) else u for u in uses[:3]) or "nothing (it is discarded)"
+
+
+def _calls_ok(conv, bn, traces):
+    """None if, in every trace, each call of `conv` feeds only a call of `bn` and each call
+    of `bn` takes only the output of a `conv` call from the same frame; else why not."""
+    for mode, calls in traces:
+        n_conv = sum(c.path == conv for c in calls)
+        for c in calls:
+            if c.path == conv:
+                if not c.simple:
+                    return f"{mode}, {conv} is called with other arguments than one tensor"
+                to_bn = [u for u in c.uses if isinstance(u, Call) and u.path == bn and u.src is c]
+                if not to_bn:
+                    where = ("called more than once, not only in this chain: one call's" if n_conv > 1
+                             else "called, but its")
+                    return f"{mode}, {conv} is {where} output goes to {_desc(c.uses)}"
+                if len(c.uses) > 1:
+                    return f"{mode}, the output of {conv} also goes to {_desc([u for u in c.uses if u is not to_bn[0]])}"
+            elif c.path == bn and (c.src is None or c.src.path != conv):
+                return (f"{mode}, {bn} is called with other arguments" if not c.simple else
+                        f"{mode}, {bn} is also called on something other than the output of {conv}")
+    return None
+
+
+def _activation(conv, bn, traces, modules, shared):
+    """The chain, with the activation absorbed when it alone takes every output of `bn`."""
+    acts, why = set(), None
+    for mode, calls in traces:
+        for c in calls:
+            if c.path == bn and why is None:
+                u = c.uses
+                if len(u) != 1 or not isinstance(u[0], Call) or u[0].src is not c:
+                    why = f"{mode}, the output of {bn} goes to {_desc(u)}"
+                else:
+                    acts.add(u[0].path)
+    act = next(iter(acts)) if len(acts) == 1 else None
+    if why is None:
+        m = modules.get(act)
+        if act is None:
+            why = f"different modules take the output of {bn}: {', '.join(sorted(acts))}"
+        elif type(m) not in _ACTS:
+            why = f"{act} ({type(m).__name__}) is not a stock ReLU/LeakyReLU"
+        elif _hooks(m):
+            why = f"{act} has {_hooks(m)}"
+        elif act in shared or any(c.path == act and (c.src is None or c.src.path != bn)
+                                  for _, calls in traces for c in calls):
+            why = f"{act} is used more than once"
+    if why:
+        return _Chain(conv, bn, None, _IDENTITY_SLOPE, f"activation left in place: {why}")
+    return _Chain(conv, bn, act, activation_slope(modules[act]))
+
+
+def _chains_from_traces(model, traces, report, shared):
     modules = dict(model.named_modules())
-    calls = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = {}  # conv path -> the BatchNorm path its output goes to, in call order
+    for _, calls in traces:
+        for c in calls:
+            if isinstance(modules[c.path], tuple(_FUSED_CLASS)) and type(modules[c.path]) not in _STOCK_CLASS:
+                for u in c.uses:
+                    if isinstance(u, Call) and isinstance(modules[u.path], _BatchNorm):
+                        pairs.setdefault(c.path, u.path)
     chains = []
-    for node in graph.nodes:
-        if node.op != "call_module" or type(modules[node.target]) not in _FUSED_CLASS:
-            continue
-        users = list(node.users)
-        if len(users) != 1 or users[0].op != "call_module" or not isinstance(modules[users[0].target], nn.BatchNorm2d):
-            continue
-        bn_node = users[0]
-        name = f"{node.target} -> {bn_node.target}"
-        if len(node.args) != 1 or node.kwargs or len(bn_node.args) != 1:
-            report.left.append(f"{name}: called with extra arguments")
-            continue
-        if calls[node.target] > 1 or calls[bn_node.target] > 1:
-            report.left.append(f"{name}: a module is called more than once")
-            continue
-        reason = _conv_bn_ok(modules[node.target], modules[bn_node.target])
+    for conv, bn in pairs.items():
+        reason = _conv_bn_ok(modules[conv], modules[bn]) or _calls_ok(conv, bn, traces)
         if reason:
-            report.left.append(f"{name}: {reason}")
-            continue
-        chains.append(_chain_with_activation(node.target, bn_node, modules, calls))
+            report.left.append(f"{conv} -> {bn}: {reason}")
+        else:
+            chains.append(_activation(conv, bn, traces, modules, shared))
     return chains
-
-
-def _chain_with_activation(conv, bn_node, modules, calls):
-    users = list(bn_node.users)
-    if len(users) == 1 and users[0].args and users[0].args[0] is bn_node:
-        act = users[0]
-        if act.op == "call_module" and isinstance(modules[act.target], (nn.ReLU, nn.LeakyReLU)):
-            if calls[act.target] == 1:
-                return _Chain(conv, bn_node.target, act.target, activation_slope(modules[act.target]))
-            return _Chain(conv, bn_node.target, None, _IDENTITY_SLOPE,
-                          f"activation {act.target} is used more than once: left in place")
-        if act.op == "call_function" and act.target in _FUNCTIONAL_ACTS:
-            return _Chain(conv, bn_node.target, None, _IDENTITY_SLOPE,
-                          "activation is a function call in forward: left in place")
-    return _Chain(conv, bn_node.target, None, _IDENTITY_SLOPE, "no activation follows")
 
 
 def _chains_from_sequentials(model, report):
@@ -175,11 +262,29 @@ def _chains_from_sequentials(model, report):
                 report.left.append(f"{path(names[i])} -> {path(names[i + 1])}: {reason}")
                 continue
             act = seq._modules[names[i + 2]] if i + 2 < len(names) else None
-            if isinstance(act, (nn.ReLU, nn.LeakyReLU)):
+            if type(act) in _ACTS and not _hooks(act):
                 chains.append(_Chain(path(names[i]), path(names[i + 1]), path(names[i + 2]), activation_slope(act)))
             else:
-                chains.append(_Chain(path(names[i]), path(names[i + 1]), None, _IDENTITY_SLOPE, "no activation follows"))
+                chains.append(_Chain(path(names[i]), path(names[i + 1]), None, _IDENTITY_SLOPE,
+                                     "activation left in place: no hook-free ReLU/LeakyReLU follows"))
     return chains
+
+
+def _not_analysed(model, why, assume_sequential, report):
+    chains = _chains_from_sequentials(model, report)
+    if assume_sequential:
+        report.how = (f"not analysed ({why}); assume_sequential=True: fused the nn.Sequential chains "
+                      "on your word that forward calls them only through their nn.Sequential")
+        return chains
+    report.how = (f"not analysed ({why}), so nothing is fused: pass example_inputs=(x,) that forward "
+                  "takes, or assume_sequential=True if forward calls each nn.Sequential's layers only "
+                  "through the nn.Sequential")
+    report.left += [f"{' -> '.join(p for p in (c.conv, c.bn, c.act) if p)}: the model was not analysed"
+                    for c in chains]
+    n_bn = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    if n_bn and not chains:
+        report.left.append(f"{n_bn} BatchNorm2d layer(s): the model was not analysed")
+    return []
 
 
 def _parent_and_name(model, path):
@@ -187,25 +292,41 @@ def _parent_and_name(model, path):
     return (model.get_submodule(parent_path) if parent_path else model), name
 
 
-def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False):
-    """Fuse every conv -> BatchNorm2d -> ReLU/LeakyReLU chain of `model`, in place.
+def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False, *,
+         example_inputs=None, assume_sequential: bool = False):
+    """Fuse every conv -> BatchNorm2d -> ReLU/LeakyReLU chain of `model` that is provably
+    only called as a whole (module docstring), in place.
 
-    Returns `model` (and a FuseReport when return_report=True). The model computes
-    the same function; state_dict keys and tensors are unchanged. verbose logs
-    the report at INFO level ("gan_fast" logger) and prints it.
+    example_inputs: a tuple of the positional arguments forward takes (a lone tensor is
+        taken as ``(x,)``), e.g. ``(torch.randn(2, 100, 1, 1),)`` for a DCGAN generator;
+        only their shapes, dtypes and devices matter: forward runs on fake copies.
+        Without them the model is traced by torch.fx, else run on a guessed input.
+    assume_sequential: when the model cannot be analysed, fuse the adjacent
+        ``nn.Sequential`` chains anyway (else nothing is fused); the report says so.
+
+    Returns `model` (and a FuseReport when return_report=True). The model computes the
+    same function; state_dict keys and tensors are unchanged. verbose logs the report
+    at INFO level ("gan_fast" logger) and prints it.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"gan_fast.fuse(model): model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if example_inputs is not None and not isinstance(example_inputs, tuple):
+        raise TypeError("gan_fast.fuse(example_inputs=...): a tuple of forward's positional arguments, "
+                        f"got {type(example_inputs).__name__}")
     report = FuseReport()
-    try:
-        graph = _Tracer().trace(model)
-        chains = _chains_from_graph(model, graph, report)
-    except Exception as e:  # data-dependent control flow etc.: fall back to Sequential chains
-        report.left.append(f"(model not traceable by torch.fx: {type(e).__name__}: {e}; "
-                           "fused nn.Sequential chains only)")
-        chains = _chains_from_sequentials(model, report)
     shared = _shared_paths(model)
+    traces, how = _trace.analyse(model, example_inputs)
+    if traces is None:
+        chains = _not_analysed(model, how, assume_sequential, report)
+    else:
+        done = sum(type(m) in _STOCK_CLASS for m in model.modules())
+        report.how = how + (f"; {done} block(s) were already fused" if done else "")
+        chains = _chains_from_traces(model, traces, report, shared)
     for ch in chains:
         paths = [p for p in (ch.conv, ch.bn, ch.act) if p]
-        if any(p in shared for p in paths):
+        if any(p in shared for p in paths[:2]):
             report.left.append(f"{' -> '.join(paths)}: a module is shared between several places")
             continue
         conv, bn = model.get_submodule(ch.conv), model.get_submodule(ch.bn)
@@ -217,7 +338,7 @@ def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False):
         if ch.act:
             parent, name = _parent_and_name(model, ch.act)
             slot = (parent, name, parent._modules[name])
-            parent._modules[name] = nn.Identity()
+            parent._modules[name] = AbsorbedActivation(repr(slot[2]))
         object.__setattr__(conv, "_gan_fast_act_slot", slot)
         desc = " -> ".join(paths) + (f" (slope {ch.slope:g})" if ch.act else "")
         report.fused.append(desc + (f"; {ch.note}" if ch.note else ""))
@@ -229,6 +350,8 @@ def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False):
 
 def unfuse(model: nn.Module) -> nn.Module:
     """Undo ``fuse``: restore the stock classes and activation modules, in place."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"gan_fast.unfuse(model): model must be a torch.nn.Module, got {type(model).__name__}")
     for m in list(model.modules()):
         if type(m) in _STOCK_CLASS:
             bn, slot = m._gan_fast_bn, m._gan_fast_act_slot

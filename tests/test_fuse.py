@@ -84,12 +84,18 @@ def test_attribute_layout_shared_and_functional_activations():
     compare(stock, fused, torch.randn(2, 3, 6, 6))
 
 
-def test_untraceable_model_falls_back_to_sequential_chains():
+def test_unanalysable_model_fuses_sequential_chains_only_when_assumed():
+    """Was: an untraceable model got its nn.Sequential chains fused unasked (unsafe when
+    forward also calls a chain's layers on their own); now that is an explicit opt-in."""
     torch.manual_seed(0)
     stock = Untraceable()
     fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True)
+    assert type(fused.body[0]) is nn.Conv2d and "not analysed" in report.how
+    assert report.left and "assume_sequential=True" in str(report)
+    fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True,
+                                  assume_sequential=True)
     assert isinstance(fused.body[0], FusedConv2d)
-    assert "not traceable" in str(report)
+    assert "assume_sequential=True" in report.how
     compare(stock, fused, torch.rand(2, 3, 6, 6))
 
 
