@@ -130,6 +130,8 @@ def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list
     handles = []
     state = {**dict(model.named_parameters(remove_duplicate=False)),
              **dict(model.named_buffers(remove_duplicate=False))}
+    # Tensors forward keeps as plain attributes (spectral_norm's weight) must not stay fake.
+    attrs = [(m, {k: v for k, v in vars(m).items() if isinstance(v, Tensor)}) for m in model.modules()]
     try:
         for m in model.modules():  # the stock methods: fused modules refuse new hooks
             handles.append(nn.Module.register_forward_pre_hook(m, rec.pre_hook, with_kwargs=True))
@@ -148,6 +150,10 @@ def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list
     finally:
         for h in handles:
             h.remove()
+        for m, saved in attrs:
+            for k in [k for k, v in vars(m).items() if isinstance(v, Tensor) and k not in saved]:
+                delattr(m, k)
+            vars(m).update(saved)
     return rec.calls
 
 

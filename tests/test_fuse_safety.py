@@ -226,6 +226,11 @@ def test_analysis_changes_no_state():
     for k, v in g.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(m.training for m in g.modules())
+    sn = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4), nn.ReLU())
+    sn.eval()(torch.randn(2, 3, 5, 5))
+    weight = sn[0].weight
+    gan_fast.fuse(sn, verbose=False, example_inputs=(torch.randn(2, 3, 5, 5),))
+    assert sn[0].weight is weight  # the hook's tensor attribute, not a fake one from the run
 
 
 @pytest.mark.parametrize("register", ["register_forward_hook", "register_forward_pre_hook",
