@@ -243,6 +243,10 @@ def _chains_from_traces(model, traces, report, shared):
             report.left.append(f"{conv} -> {bn}: {reason}")
         else:
             chains.append(_activation(conv, bn, traces, modules, shared))
+    called = {c.path for _, calls in traces for c in calls}
+    report.left += [f"{ch.conv} -> {ch.bn}: " + (f"forward does not pass the output of {ch.conv} to {ch.bn}"
+                                                 if ch.conv in called else f"forward did not call {ch.conv}")
+                    for ch in _chains_from_sequentials(model, FuseReport()) if ch.conv not in pairs]
     return chains
 
 

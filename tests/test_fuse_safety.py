@@ -273,9 +273,12 @@ def test_every_chain_left_has_a_reason():
     conv = nn.Conv2d(3, 4, 3)
     shared = nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), conv)
     sync = nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4), nn.ReLU())
-    for model in (shared, sync):
+    unused, alone = OneChain(lambda self, x: x), OneChain(lambda self, x: self.body[0](x))
+    for model in (shared, sync, unused, alone):
         _, report = gan_fast.fuse(model, verbose=False, return_report=True)
         assert not report.fused and len(report.left) == 1 and ": " in report.left[0], str(report)
+        assert model is not unused or "did not call body.0" in report.left[0]
+    assert "does not pass the output of body.0 to body.1" in report.left[0]
 
 
 def test_fuse_rejects_what_is_not_a_module():
