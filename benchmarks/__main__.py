@@ -1,8 +1,9 @@
 """``python -m benchmarks`` / ``gan-fast bench``: every comparison, in one process.
 
 Runs stock eager vs torch.compile (default, max-autotune, reduce-overhead) vs each
-gan_fast backend, per op (bn_act, the fused conv blocks, gan_loss) and per DCGAN
-training step, on the device it finds, and writes under benchmarks/results/:
+gan_fast backend, per op (bn_act, the fused conv blocks, gan_loss), per DCGAN
+training step, and the host cost of one call on tiny tensors (dispatch), on the
+device it finds, and writes under benchmarks/results/:
 NAME.json (environment + every timing), NAME.md (tables, ratios, targets) and
 NAME.png (speedup per shape and backend).
 
@@ -13,6 +14,7 @@ Examples:
   python -m benchmarks --ops bn_act,gan_loss --batch 256 --dtype fp32 --format nchw
   python -m benchmarks --variants eager,gan_fast:cpu --no-memory
   python -m benchmarks --list                       # show the cases and variants, run nothing
+  python -m benchmarks --ops dispatch              # host cost per call on tiny tensors (issue 12), ~1 min
 """
 from __future__ import annotations
 

@@ -27,7 +27,10 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 
 def stock_loss(kind: str, side: str):
     """The eager baseline: the trainer's plain-PyTorch loss."""
-    from gan_fast.train.loop import stock_gan_loss
+    try:
+        from gan_fast.train.losses import stock_gan_loss
+    except ImportError:  # before the trainer's losses had their own module
+        from gan_fast.train.loop import stock_gan_loss
     return stock_gan_loss(kind, side)
 
 

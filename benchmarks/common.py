@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.timing import Rotator
 
-OPS = ("bn_act", "blocks", "gan_loss", "step")
+OPS = ("bn_act", "blocks", "gan_loss", "step", "dispatch")
 MODES = ("fwd", "bwd", "fwd+bwd", "step")
 
 
@@ -168,6 +168,8 @@ class Case:
     describe: str = ""
     priority: tuple = ()
     variant_filter: Optional[Callable] = None   # variant -> reason it does not apply, or None
+    threads: Optional[int] = None              # torch threads while it runs (None: the run's)
+    interleaved: bool = False                  # variants built together and timed alternately
 
     @property
     def key(self) -> str:

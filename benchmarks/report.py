@@ -22,9 +22,12 @@ OP_TITLES = {
     "gan_loss": "gan_loss: GAN loss on (N,) logits",
     "blocks": "blocks: conv + BatchNorm2d + activation (whole block)",
     "step": "step: DCGAN training step with Adam (G and D steps)",
+    "dispatch": "dispatch: host cost of one call on tiny tensors (one thread, variants interleaved)",
 }
-OP_ORDER = ("bn_act", "gan_loss", "blocks", "step")
-PRIMARY_MODE = {"bn_act": "fwd+bwd", "gan_loss": "fwd+bwd", "blocks": "fwd+bwd", "step": "step"}
+OP_ORDER = ("bn_act", "gan_loss", "blocks", "step", "dispatch")
+# None: each case's own mode (dispatch: train fwd+bwd and eval fwd cases)
+PRIMARY_MODE = {"bn_act": "fwd+bwd", "gan_loss": "fwd+bwd", "blocks": "fwd+bwd", "step": "step",
+                "dispatch": None}
 LAYER_ORDER = ["G1", "G2", "G3", "G4", "D2", "D3", "D4"]
 MEMORY_NOTE = ("Memory. *held*: what stays allocated between forward and backward: the storages "
                "saved for backward plus the output, without the inputs and parameters (saved-tensor "
@@ -37,6 +40,13 @@ TARGETS = {  # (op, mode): minimum speedup vs eager
     ("gan_loss", "fwd+bwd"): 3.0,
     ("blocks", "fwd+bwd"): 1.0,
 }
+# dispatch (issue 12): (what, case selector, maximum host time of gan_fast / stock's)
+DISPATCH_TARGETS = (
+    ("dispatch: a block call (train fwd+bwd, eval fwd) <= 0.7x stock host time",
+     lambda c: c["case"][:1] in ("G", "D"), 0.7),
+    ("dispatch: a GANLoss call (fwd+bwd) <= 1.0x stock host time",
+     lambda c: c["case"].startswith("bce-"), 1.0),
+)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -170,18 +180,20 @@ def command_of(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------- analyses
-def speedups(result: dict, op: str, mode: str, variant: str, baseline: str = "eager"):
-    """[(case, ratio)] of baseline/variant for every case of `op` where both ran."""
+def speedups(result: dict, op: str, mode: Optional[str], variant: str, baseline: str = "eager"):
+    """[(case, ratio)] of baseline/variant for every case of `op` where both ran
+    (mode None: each case's first mode)."""
     out = []
     for c in result["cases"]:
         if c["op"] != op:
             continue
+        m = mode or c["modes"][0]
         rv = runs_by_variant(c)
-        v = median(rv.get(variant), mode)
+        v = median(rv.get(variant), m)
         if baseline == "compile":
-            b, _ = best_compile(c, mode)
+            b, _ = best_compile(c, m)
         else:
-            b = median(rv.get(baseline), mode)
+            b = median(rv.get(baseline), m)
         if v and b:
             out.append((c, b / v))
     return out
@@ -253,6 +265,10 @@ def targets(result: dict) -> list[dict]:
         mi = memory_ratios(result, "blocks", fv, "held_bytes", "eager_inplace_held_bytes")
         if mi:
             rows.append(_mem_row(fv, "blocks: held for backward <= stock with in-place act.", mi, 1.0))
+        for what, sel, limit in DISPATCH_TARGETS:
+            hr = [(c, 1.0 / s) for c, s in speedups(result, "dispatch", None, fv) if sel(c)]
+            if hr:
+                rows.append(_mem_row(fv, what, hr, limit))
     return rows
 
 
@@ -493,8 +509,8 @@ def plot(result: dict, path: str) -> Optional[str]:
         for j, v in enumerate(vn):
             ys = []
             for c in cs:
-                rv = runs_by_variant(c)
-                e, m = median(rv.get("eager"), mode), median(rv.get(v), mode)
+                rv, cm = runs_by_variant(c), mode or c["modes"][0]
+                e, m = median(rv.get("eager"), cm), median(rv.get(v), cm)
                 ys.append(e / m if e and m else float("nan"))
             xs = [i + (j - (len(vn) - 1) / 2) * width for i in range(len(cs))]
             ax.bar(xs, ys, width=width, color=colors[v], label=v)
@@ -503,8 +519,8 @@ def plot(result: dict, path: str) -> Optional[str]:
                     if y == y:  # not NaN
                         ax.annotate(f"{y:.2g}", (x, y), ha="center", va="bottom", fontsize=5)
         for i, c in enumerate(cs):
-            rv = runs_by_variant(c)
-            if not any(median(rv.get(v), mode) for v in vn) or not median(rv.get("eager"), mode):
+            rv, cm = runs_by_variant(c), mode or c["modes"][0]
+            if not any(median(rv.get(v), cm) for v in vn) or not median(rv.get("eager"), cm):
                 ax.annotate("not run", (i, 1.0), ha="center", va="bottom", fontsize=6, color="gray")
         ax.axhline(1.0, color="black", lw=0.8)
         if op in ("bn_act", "gan_loss"):
@@ -520,7 +536,7 @@ def plot(result: dict, path: str) -> Optional[str]:
         ax.tick_params(axis="y", which="both", labelsize=6)
         ax.set_ylabel("speedup vs eager")
         title = f"{op} {mode}" + (f" · {dt} {fm}" if fm != "-" else "")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title.replace(" None", " (per case)"), fontsize=9)
         ax.legend(fontsize=6, loc="best")
         ax.grid(axis="y", which="both", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -563,7 +579,7 @@ def readme_section(result: dict, path: str) -> str:
             sc = speedups(result, op, mode, fv, "compile")
             lo = min(se, key=lambda x: x[1])
             hi = max(se, key=lambda x: x[1])
-            rows.append([op, mode, fv, f"{geomean([s for _, s in se]):.2f}x",
+            rows.append([op, mode or "per case", fv, f"{geomean([s for _, s in se]):.2f}x",
                          f"{lo[1]:.2f}x ({_case_name(lo[0])})", f"{hi[1]:.2f}x ({_case_name(hi[0])})",
                          f"{geomean([s for _, s in sc]):.2f}x" if sc else "n/a (no torch.compile run)"])
     if rows:

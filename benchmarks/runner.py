@@ -302,7 +302,10 @@ def run(opts: Options, log: Callable[[str], None] = None, argv=None) -> dict:
                     "format": case.fmt, "shape": case.shape, "describe": case.describe,
                     "modes": list(case.modes), "runs": []}
             result["cases"].append(crec)
+            if case.threads:
+                crec["threads"] = case.threads
             lines = []
+            todo = []  # interleaved cases: the variants to build and time together
             for v in runnable:
                 # skip a pair that would likely end well past the deadline (estimate: the
                 # last pair of this op, variant and batch)
@@ -316,10 +319,19 @@ def run(opts: Options, log: Callable[[str], None] = None, argv=None) -> dict:
                     crec["runs"].append({"variant": v.name, "status": "skipped", "timings": {},
                                          "reason": why})
                     continue
+                if case.interleaved:
+                    todo.append(v)
+                    continue
                 rec = run_pair(case, v, opts, ref_out, log)
                 last_wall[(case.op, v.name, case.batch)] = rec["wall_s"]
                 crec["runs"].append(rec)
                 lines.append(_fmt_rec(rec))
+            if todo:
+                from benchmarks import interleave
+                for rec in interleave.run_case(case, todo, opts, log):
+                    last_wall[(case.op, rec["variant"], case.batch)] = rec["wall_s"]
+                    crec["runs"].append(rec)
+                    lines.append(_fmt_rec(rec))
             ref_out.pop(case.key, None)
             elapsed = time.perf_counter() - t_start
             if lines:

@@ -7,7 +7,9 @@
 One test per (case, mode, variant), grouped by case and mode so pytest-benchmark
 compares the variants of one shape side by side. A variant that cannot run here is
 a skipped test whose reason says why. Inputs are rotated as in ``python -m
-benchmarks``; each round is synchronised on CUDA.
+benchmarks``; each round is synchronised on CUDA. A case with its own thread count
+(the dispatch family: one thread) runs with it; pytest-benchmark times the variants
+one after the other, not interleaved as ``python -m benchmarks --ops dispatch`` does.
 """
 from __future__ import annotations
 
@@ -61,13 +63,16 @@ def test_bench(benchmark, case, variant, mode):
                                 format=case.fmt, mode=mode, variant=variant.name, shape=case.shape,
                                 device=OPTS.device)
     bench = None
+    threads = torch.get_num_threads()
+    if case.threads:
+        torch.set_num_threads(case.threads)
     try:
         with variant.active():
             try:
                 bench = case.build(variant)
             except variants.Unavailable as e:
                 pytest.skip(str(e))
-            it = bench.iteration("step" if mode == "step" else "fwd+bwd")
+            it = bench.iteration("fwd+bwd" if mode == "bwd" else mode)  # eval cases: fwd only
             for _ in range(1 + OPTS.warmup):  # the first call compiles torch.compile variants
                 it()
             _sync()
@@ -89,6 +94,7 @@ def test_bench(benchmark, case, variant, mode):
                     _sync()
                 benchmark(target)
     finally:
+        torch.set_num_threads(threads)
         bench = None  # noqa: F841 - frees the models and inputs before the next test
         if variant.is_compiled:
             variants.compile_reset()
