@@ -271,3 +271,48 @@ def test_rejects_bad_input():
         tconv.conv2d_stats(x, torch.randn(5, 3, 3, 3, dtype=torch.float64), None, 1, 1)
     with pytest.raises(ValueError):
         tconv.conv2d_stats(x.float(), torch.randn(5, 4, 3, 3), None, 1, 1)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e25, 1e30])
+@pytest.mark.parametrize("case", ["D-k4s2-8x8to4x4", "G-k4s2-4x4to8x8"])
+def test_huge_inputs_stay_finite(case, scale):
+    """Inputs around 1e19..1e30 (issue 14): the statistics in the GEMM epilogue must not
+    overflow where stock conv + BatchNorm stays finite. 1e19: var ~1e38 still fits fp32
+    (a raw sum of squares overflowed): mean, var and the output match float64 (stock
+    fp32 BatchNorm's own output is already flat there). 1e25/1e30: var is
+    beyond fp32, so it is inf (as stock's fp32 running_var becomes); the mean stays exact
+    and the block's output and gradients stay finite wherever stock's are."""
+    from gan_fast.kernels.triton import bn_act as tbn
+    c = CASES[case]
+    x, w, _, bn_w, bn_b = _make(c, "cl", torch.float32, seed=7, conv_bias=False)
+    x = x * scale
+    xd, wd = x.to(DEVICE), w.to(DEVICE)
+    conv_stats = tconv.conv_transpose2d_stats if c.transposed else tconv.conv2d_stats
+    y, mean, var = conv_stats(xd, wd, None, c.stride, c.padding)
+    out = tbn.bn_act_eval_fwd(y, bn_w.to(DEVICE), bn_b.to(DEVICE), mean, var, EPS, SLOPE)
+    y64 = y.double().cpu()
+    m64, v64 = y64.mean((0, 2, 3)), y64.var((0, 2, 3), unbiased=False)
+    assert torch.isfinite(mean).all(), mean
+    assert torch.allclose(mean.double().cpu(), m64, rtol=1e-5, atol=1e-5 * v64.sqrt().max().item())
+    fits = v64 < torch.finfo(torch.float32).max
+    assert torch.allclose(var.double().cpu()[fits], v64[fits], rtol=1e-5)
+    assert torch.isinf(var.cpu()[~fits]).all() and not torch.isnan(var).any()
+    # stock: fp32 conv + BatchNorm (training) + LeakyReLU, forward and backward
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ys = (F.conv_transpose2d(xs, ws, None, c.stride, c.padding) if c.transposed
+          else F.conv2d(xs, ws, None, c.stride, c.padding))
+    stock = F.leaky_relu(F.batch_norm(ys, None, None, bn_w, bn_b, True, 0.0, EPS), SLOPE)
+    grad = torch.randn(stock.shape, generator=torch.Generator().manual_seed(8))
+    stock.backward(grad)
+    assert torch.isfinite(out.cpu())[torch.isfinite(stock.detach())].all()
+    if bool(fits.all()):   # float64 BatchNorm of y as stored (stock's fp32 gives up here)
+        ref = F.leaky_relu(F.batch_norm(y64, None, None, bn_w.double(), bn_b.double(), True,
+                                        0.0, EPS), SLOPE)
+        assert _err(out, ref) < 1e-4
+    gx, gw, _, gbw, gbb = tconv.bn_act_conv_backward(
+        grad.to(DEVICE).contiguous(memory_format=torch.channels_last), xd, wd, y, mean, var,
+        bn_w.to(DEVICE), bn_b.to(DEVICE), EPS, SLOPE, c.stride, c.padding,
+        transposed=c.transposed, has_conv_bias=False)
+    for got, ref in ((gx, xs.grad), (gw, ws.grad)):
+        assert not torch.isnan(got).any()
+        assert torch.isfinite(got.cpu())[torch.isfinite(ref)].all()

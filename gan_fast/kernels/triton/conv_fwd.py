@@ -19,9 +19,10 @@ conv input) of the fused training block:
   ``dy = a*dz + k1 + k2*(y - mean)``, ``dz = g*(z > 0 ? 1 : slope)``,
   ``z = (y - mean)*a + b``; coefficients per channel in ``coef`` (5, C):
   mean, a (= bn_w*invstd), b (= bn_b), k1, k2 (see conv_bwd). dy never hits memory.
-* ``EPILOGUE``: 0 store; 1 store y and write per-tile (count, mean, M2) partials of
+* ``EPILOGUE``: 0 store; 1 store y and write per-tile (count, mean, std) partials of
   the *stored* (rounded) y per channel, combined by ``_welford_combine_kernel`` with
-  Chan's formula (stable for outputs with a large mean); 2 LeakyReLU then store
+  Chan's formula (stable for outputs with a large mean, and finite for outputs up to
+  ~1e38: no raw sum of squares); 2 LeakyReLU then store
   (eval mode, BN already folded into weight/bias on the host).
 
 Loops: on the GPU the K loop is a ``for`` over a runtime bound (software-pipelined);
@@ -39,6 +40,8 @@ import os
 
 import triton
 import triton.language as tl
+
+from . import _targets
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -62,6 +65,10 @@ else:
         _cfg(64, 64, 32, 4, 5),
         _cfg(128, 32, 32, 4, 4),
         _cfg(64, 32, 32, 2, 4),
+        # 8-warp tiles with a narrow K: what the rule (_targets.fits) keeps for the dgrad
+        # GEMM, whose prologue holds grad_out and y in fp32 registers
+        _cfg(128, 64, 32, 8, 4),
+        _cfg(64, 128, 32, 8, 4),
     ]
 MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in GEMM_CONFIGS)
 
@@ -71,7 +78,11 @@ def _next_pow2(v):
 
 
 def _prune_gemm(configs, named_args, **kwargs):
-    """Drop tiles much wider than the problem (tiny channel counts, small layers)."""
+    """Drop configs that cannot fit the target's shared memory (``_targets.fits``, the
+    rule ``gan_fast.aot`` checks), then tiles much wider than the problem."""
+    a, w = named_args["a_ptr"], named_args["w_ptr"]
+    configs = _targets.prune_to_target(configs, a.device, a.element_size(), w.element_size(),
+                                       a_tiles=2 if kwargs.get("PROLOGUE") else 1)
     c_a, c_out = named_args["C_A"], named_args["C_OUT"]
     kmax = max(16, _next_pow2(c_a))
     nmax = max(32, _next_pow2(c_out))
@@ -237,14 +248,21 @@ def _conv_gemm_kernel(
     tl.store(out_ptr + (img * s_on + oh * s_oh + ow * s_ow)[:, None] + offs_n[None, :] * s_oc,
              yq, mask=o_mask)
     if EPILOGUE == 1:
-        # BatchNorm statistics of what was stored: per-tile count, mean and M2.
-        yf = yq.to(tl.float32)
+        # BatchNorm statistics of what was stored: per-tile count, mean and standard
+        # deviation. Nothing here squares a value larger than the result: the mean is a
+        # sum of y/cnt, and the deviations are scaled by their largest magnitude before
+        # squaring, so outputs up to ~1e38 give finite statistics (stock BatchNorm's
+        # range), not the inf - inf = NaN of a raw sum of squares.
+        yf = tl.where(o_mask, yq.to(tl.float32), 0.0)
         cnt = tl.maximum(tl.minimum(mp - tile * BLOCK_M, BLOCK_M), 0).to(tl.float32)
-        tmean = tl.sum(tl.where(o_mask, yf, 0.0), axis=0) / tl.maximum(cnt, 1.0)
+        tmean = tl.sum(yf * (1.0 / tl.maximum(cnt, 1.0)), axis=0)
         d = tl.where(o_mask, yf - tmean[None, :], 0.0)
-        m2 = tl.sum(d * d, axis=0)
+        dmax = tl.max(tl.abs(d), axis=0)
+        dsc = tl.where(dmax > 0, dmax, 1.0)
+        r = d / dsc[None, :]
+        tstd = dsc * tl.sqrt(tl.sum(r * r, axis=0) / tl.maximum(cnt, 1.0))
         tl.store(ws_mean_ptr + pid_m * C_OUT + offs_n, tmean, mask=n_ok)
-        tl.store(ws_m2_ptr + pid_m * C_OUT + offs_n, m2, mask=n_ok)
+        tl.store(ws_m2_ptr + pid_m * C_OUT + offs_n, tstd, mask=n_ok)
         if pid_n == 0:
             tl.store(ws_cnt_ptr + pid_m, cnt)
 
@@ -252,16 +270,19 @@ def _conv_gemm_kernel(
 @triton.jit
 def _welford_combine_kernel(ws_mean_ptr, ws_m2_ptr, ws_cnt_ptr, mean_ptr, var_ptr, T, C,
                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Combine T per-tile (count, mean, M2) rows into per-channel mean and biased var.
+    """Combine T per-tile (count, mean, std) rows into per-channel mean and biased var.
 
-    Chunks of BLOCK_T rows are merged around the chunk mean, chunks are merged
-    with Chan's parallel formula: no sum-of-squares cancellation.
+    Chunks of BLOCK_T rows are merged around the chunk mean, chunks are merged with
+    Chan's parallel formula written in weight fractions and standard deviations:
+    var = (sqrt(fa)*sd_a)^2 + (sqrt(fb)*sd_b)^2 + (sqrt(fa*fb)*delta)^2, each term at
+    most the result, so nothing overflows unless the variance itself exceeds fp32
+    (then var is inf, the mean stays finite), and no sum-of-squares cancellation.
     """
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     n_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    m2_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sd_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
     t0 = tl.cast(0, tl.int32)   # a tensor even when T is specialised to 1
     while t0 < T:
         offs_t = t0 + tl.arange(0, BLOCK_T)
@@ -270,17 +291,25 @@ def _welford_combine_kernel(ws_mean_ptr, ws_m2_ptr, ws_cnt_ptr, mean_ptr, var_pt
         cnt = tl.load(ws_cnt_ptr + offs_t, mask=t_ok, other=0.0)
         wt = tl.where(mask, cnt[:, None], 0.0)
         mu = tl.load(ws_mean_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
-        m2 = tl.load(ws_m2_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        sd = tl.load(ws_m2_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         n_b = tl.sum(wt, axis=0)
-        mean_b = tl.sum(wt * mu, axis=0) / tl.maximum(n_b, 1.0)
-        d = tl.where(mask, mu - mean_b[None, :], 0.0)
-        m2_b = tl.sum(m2 + wt * d * d, axis=0)
+        f = wt / tl.maximum(n_b, 1.0)[None, :]
+        mean_b = tl.sum(f * mu, axis=0)
+        sf = tl.sqrt(f)
+        d = tl.where(mask, (mu - mean_b[None, :]) * sf, 0.0)
+        e = sd * sf
+        sd_b = tl.sqrt(tl.sum(e * e + d * d, axis=0))
         n = n_a + n_b
-        frac = n_b / tl.maximum(n, 1.0)
+        inv_n = 1.0 / tl.maximum(n, 1.0)
+        fa = n_a * inv_n
+        fb = n_b * inv_n
         delta = mean_b - mean_a
-        mean_a = mean_a + delta * frac
-        m2_a = m2_a + m2_b + delta * delta * n_a * frac
+        mean_a = mean_a * fa + mean_b * fb
+        p = sd_a * tl.sqrt(fa)
+        q = sd_b * tl.sqrt(fb)
+        rr = delta * tl.sqrt(fa * fb)
+        sd_a = tl.sqrt(p * p + q * q + rr * rr)
         n_a = n
         t0 += BLOCK_T
     tl.store(mean_ptr + offs_c, mean_a, mask=c_ok)
-    tl.store(var_ptr + offs_c, m2_a / tl.maximum(n_a, 1.0), mask=c_ok)
+    tl.store(var_ptr + offs_c, sd_a * sd_a, mask=c_ok)
