@@ -1,4 +1,4 @@
-"""The ``gan-fast`` command: ``info``, ``train``, ``eval``, ``bench``."""
+"""The ``gan-fast`` command: ``info``, ``train``, ``eval``, ``bench``, ``aot``."""
 from __future__ import annotations
 
 import argparse
@@ -38,7 +38,7 @@ def _delegate(module: str, argv) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="gan-fast", description=__doc__)
-    parser.add_argument("command", choices=["info", "train", "eval", "bench"])
+    parser.add_argument("command", choices=["info", "train", "eval", "bench", "aot"])
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
@@ -48,6 +48,8 @@ def main(argv=None) -> int:
         return info()
     if args.command == "bench":
         return _delegate("benchmarks.__main__", rest)
+    if args.command == "aot":   # compile every Triton kernel for sm_80/sm_90a, no GPU needed
+        return _delegate("gan_fast.aot", rest)
     return _delegate("gan_fast.train.cli", [args.command] + rest)
 
 

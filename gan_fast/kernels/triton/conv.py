@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from . import _targets
 from . import conv_bwd as _bwd
 from . import conv_fwd as _fwd
 
@@ -65,7 +66,7 @@ def _check(x, name="x"):
 def _compute_flags(x):
     """(UPCAST, PRECISION) for tl.dot: fp32 operands in the interpreter; TF32 on GPU
     for fp32 inputs iff cuDNN would use it."""
-    if x.device.type != "cuda":
+    if not _targets.is_gpu(x.device):
         return True, "ieee"
     if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
         return False, "tf32"
@@ -73,9 +74,7 @@ def _compute_flags(x):
 
 
 def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return _targets.num_sms(device)
 
 
 def _gemm_weight(w, transposed_gather, dtype):
@@ -290,7 +289,7 @@ def bn_act_conv_backward(grad_out, x, weight, y, mean, var, bn_weight, bn_bias, 
 
     # 1. per-channel S1, S2, S3 over (grad_out, y)
     block_c = min(64, max(16, triton.next_power_of_2(c_y)))
-    block_p = 64 if dev.type != "cuda" else max(32, 8192 // block_c)
+    block_p = max(32, 8192 // block_c) if _targets.is_gpu(dev) else 64
     c_blocks = triton.cdiv(c_y, block_c)
     progs_p = max(1, min(triton.cdiv(count, block_p), triton.cdiv(4 * _num_sms(dev), c_blocks)))
     p_per = triton.cdiv(triton.cdiv(count, progs_p), block_p) * block_p

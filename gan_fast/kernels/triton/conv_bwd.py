@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _targets
 from .conv_fwd import INTERPRET, _cfg, _next_pow2
 
 if INTERPRET:
@@ -32,10 +33,17 @@ else:
         _cfg(64, 64, 32, 4, 5),
         _cfg(32, 64, 64, 4, 4),
         _cfg(64, 32, 64, 4, 4),
+        # 8-warp tiles with a narrow K, kept by the register rule (_targets.fits)
+        _cfg(128, 64, 32, 8, 4),
+        _cfg(64, 128, 32, 8, 4),
     ]
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
+    """Drop configs that cannot fit the target (``_targets.fits``), then tiles wider than
+    the channel counts."""
+    x = named_args["x_ptr"]
+    configs = _targets.prune_to_target(configs, x.device, x.element_size(), b_tiles=2)
     mmax = max(32, _next_pow2(named_args["C_X"]))
     nmax = max(32, _next_pow2(named_args["C_Y"]))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= mmax and c.kwargs["BLOCK_N"] <= nmax]
