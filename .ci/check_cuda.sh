@@ -4,7 +4,9 @@
 #   .ci/check_cuda.sh            # from anywhere; exit status 0 = all good
 #
 # * every csrc/cuda/*.cu: `nvcc -c` for sm_80 and sm_90a, warnings as errors
-#   (these files include no torch headers, so no torch is needed);
+#   (these files include no torch headers, so no torch is needed), with ptxas's
+#   resource usage (registers, spill bytes, shared memory) printed per kernel and arch;
+#   any spill store or load fails the check;
 # * csrc/cuda/bindings_cuda.cpp: `g++ -fsyntax-only` against the torch headers of
 #   the python on PATH (or $PYTHON), when that torch and the CUDA headers exist.
 #   A CPU-only torch lacks c10/cuda/impl/cuda_cmake_macros.h; a one-line stub
@@ -48,8 +50,19 @@ fi
 for f in "${cu_files[@]}"; do
   start=$SECONDS
   if out="$("$NVCC" -c "$f" -o "$tmp/$(basename "$f").o" -std=c++17 "${gencode[@]}" \
-            --threads 2 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror 2>&1)"; then
-    echo "ok    $f (nvcc, ${CHECK_CUDA_ARCHS:-80 90a}, $((SECONDS - start))s)"
+            --threads 2 -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v 2>&1)"; then
+    # ptxas -v: "Compiling entry function 'NAME' for 'sm_XX'", then "N bytes spill stores,
+    # M bytes spill loads" and "Used R registers, ... S bytes smem"
+    usage="$(printf '%s\n' "$out" | awk -f .ci/ptxas_usage.awk)"
+    spill=$?
+    if [ "$spill" = 0 ]; then
+      echo "ok    $f (nvcc, ${CHECK_CUDA_ARCHS:-80 90a}, $((SECONDS - start))s)"
+      printf '%s\n' "$usage"
+    else
+      echo "FAIL  $f (ptxas: spills)"
+      printf '%s\n' "$usage"
+      status=1
+    fi
   else
     echo "FAIL  $f (nvcc)"
     printf '%s\n' "$out" | sed 's/^/      /'
