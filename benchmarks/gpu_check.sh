@@ -12,7 +12,7 @@
 #   --quick   a ~3-minute check: CUDA/Triton tests only (-k "cuda or triton", stop at
 #             the first failure; not the minutes-long CUDA JIT build test), a shorter
 #             sanitizer pass, `python -m benchmarks --quick`.
-#   The full run finishes inside 10 minutes: each phase has a time limit, and the
+#   The full run finishes inside 8 minutes (--quick inside 4): each phase has a time limit, and the
 #   benchmarks get what is left (--budget), so a slow phase shortens, never overruns.
 #
 # Other options: --no-build (use the gan_fast._C already built), --allow-cpu (run
@@ -49,7 +49,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET  # real GPU kernels, never the interpreter
 
-if [ "$QUICK" = 1 ]; then TOTAL=180; else TOTAL=575; fi
+if [ "$QUICK" = 1 ]; then TOTAL=180; else TOTAL=440; fi  # budgets: quick <= 4 min, full <= 8 min with start-up
 START=$SECONDS
 SUMMARY="$OUTDIR/summary.txt"
 : >"$SUMMARY"
