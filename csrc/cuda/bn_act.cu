@@ -615,11 +615,14 @@ bwd_reduce_nhwc_kernel(const T* __restrict__ g, const T* __restrict__ x, int C, 
     }
   }
   if (ty == 0 && valid) {
-#pragma unroll
+    // the sums from shared memory, one channel at a time: write_bwd unrolled V times
+    // beside the s1/s2 registers made ptxas spill
+#pragma unroll 1
     for (int j = 0; j < V; ++j) {
       const int64_t c = static_cast<int64_t>(cv) * V + j;
-      if (gridDim.y == 1) write_bwd(bo, c, s1[j], s2[j]);
-      else partial[static_cast<int64_t>(blockIdx.y) * C + c] = make_float2(s1[j], s2[j]);
+      const float a = s_a[base + j], b = s_b[base + j];
+      if (gridDim.y == 1) write_bwd(bo, c, a, b);
+      else partial[static_cast<int64_t>(blockIdx.y) * C + c] = make_float2(a, b);
     }
   }
 }

@@ -25,7 +25,7 @@ namespace gan_fast {
 namespace cuda {
 namespace {
 
-constexpr int kMaxThreads = 1024;            // single-block kernel
+constexpr int kMaxThreads = 512;  // single-block kernel; at 1024 ptxas caps it at 32 registers and spills
 constexpr int64_t kSingleMax = 16384;        // largest n_real + n_fake done by one block
 constexpr int kMultiThreads = 256;           // multi-block kernel
 constexpr int64_t kElemsPerBlock = 256 * 16;
@@ -100,12 +100,26 @@ __host__ __device__ __forceinline__ void term(float x, float t, float omt, float
   }
 }
 
+// g / div for a div shared by every element: the reciprocal once, then one fma
+// correction, which rounds as the division does for finite, normal quotients.
+// (A division per element calls ptxas's slow-path subroutine, and the unrolled
+// vector loop spilled around that call.)
+struct Divider {
+  float div, inv;
+  __device__ explicit Divider(float d) : div(d), inv(1.f / d) {}
+  __device__ __forceinline__ float operator()(float g) const {
+    const float q = g * inv;
+    return fmaf(fmaf(-q, div, g), inv, q);
+  }
+};
+
 // Loss terms of one input: accumulates into acc, writes gradient / div.
 template <typename T, LossKind K, int P>
 __device__ __forceinline__ void process(const T* __restrict__ in, T* __restrict__ grad, int64_t n,
                                         int vec, float t, float omt, float div, int64_t tid,
                                         int64_t nthreads, float& acc) {
   constexpr int V = 16 / sizeof(T);
+  const Divider divide(div);
   int64_t start = 0;
   if (vec) {
     const int64_t nv = n / V;
@@ -117,7 +131,7 @@ __device__ __forceinline__ void process(const T* __restrict__ in, T* __restrict_
         float l, g;
         term<K, P>(to_float(pk.v[j]), t, omt, l, g);
         acc += l;
-        out.v[j] = from_float<T>(g / div);
+        out.v[j] = from_float<T>(divide(g));
       }
       reinterpret_cast<Pack<T, V>*>(grad)[i] = out;
     }
@@ -127,7 +141,7 @@ __device__ __forceinline__ void process(const T* __restrict__ in, T* __restrict_
     float l, g;
     term<K, P>(to_float(in[i]), t, omt, l, g);
     acc += l;
-    grad[i] = from_float<T>(g / div);
+    grad[i] = from_float<T>(divide(g));
   }
 }
 
