@@ -11,10 +11,10 @@
 // a Python autograd.Function plus the update in Python cost ~150 us a call,
 // ten times the kernels for small maps. The train op updates the running
 // statistics in place exactly as BatchNorm2d does (and as
-// gan_fast.functional._update_running_stats, the torch.compile path).
-// The backward is once-differentiable: double backward raises.
+// gan_fast.ops.bn_act.update_running_stats, the torch.compile path).
+// Under create_graph=True the backward is built from differentiable ATen ops
+// (gan_fast.ops.double_backward), so double backward is exact.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -22,125 +22,11 @@
 #include <tuple>
 #include <utility>
 
-#include "once_differentiable.h"
+#include "eager_common.h"
 
-namespace {
+namespace gan_fast::eager {
 
-using at::Tensor;
-using std::optional;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-using Stats3 = std::tuple<Tensor, Tensor, Tensor>;
-
-auto& train_fwd_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gan_fast_C::bn_act_train_fwd", "")
-                       .typed<Stats3(const Tensor&, const optional<Tensor>&,
-                                     const optional<Tensor>&, double, double)>();
-  return op;
-}
-
-auto& eval_fwd_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gan_fast_C::bn_act_eval_fwd", "")
-                       .typed<Tensor(const Tensor&, const optional<Tensor>&,
-                                     const optional<Tensor>&, const Tensor&, const Tensor&,
-                                     double, double)>();
-  return op;
-}
-
-auto& bwd_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gan_fast_C::bn_act_bwd", "")
-                       .typed<Stats3(const Tensor&, const Tensor&, const optional<Tensor>&,
-                                     const optional<Tensor>&, const Tensor&, const Tensor&,
-                                     double, double, bool)>();
-  return op;
-}
-
-at::MemoryFormat format_of(const Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
-
-// x as contiguous NCHW or channels_last, the two layouts the kernels take
-Tensor dense(const Tensor& x) {
-  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
-  return x.contiguous();
-}
-
-at::ScalarType stat_dtype(const Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-optional<Tensor> opt(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : std::nullopt; }
-
-// Saves what the backward needs: the pre-BN x, the affine parameters and the
-// statistics (never the output).
-void save(AutogradContext* ctx, const Tensor& x, const optional<Tensor>& w,
-          const optional<Tensor>& b, const Tensor& mean, const Tensor& var, double eps,
-          double slope) {
-  ctx->save_for_backward({x, w.value_or(Tensor()), b.value_or(Tensor()), mean, var});
-  ctx->saved_data["eps"] = eps;
-  ctx->saved_data["slope"] = slope;
-}
-
-// (grad x, grad weight, grad bias) for the saved tensors; once-differentiable
-// (once_differentiable.h).
-variable_list backward_of(AutogradContext* ctx, const Tensor& grad_out, bool batch_stats) {
-  const auto saved = ctx->get_saved_variables();
-  const Tensor& x = saved[0];
-  const optional<Tensor> w = opt(saved[1]), b = opt(saved[2]);
-  variable_list grads;
-  {
-    at::NoGradGuard no_grad;
-    auto [gx, gw, gb] = bwd_op().call(grad_out.contiguous(format_of(x)), x, w, b, saved[3],
-                                      saved[4], ctx->saved_data["eps"].toDouble(),
-                                      ctx->saved_data["slope"].toDouble(), batch_stats);
-    grads = {gx, w ? gw : Tensor(), b ? gb : Tensor()};
-  }
-  return gan_fast::once_differentiable(
-      std::move(grads), "bn_act",
-      "use the stock BatchNorm2d and activation for gradient penalties through this layer");
-}
-
-struct TrainFn : torch::autograd::Function<TrainFn> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x_in,
-                               const optional<Tensor>& w, const optional<Tensor>& b, double eps,
-                               double slope) {
-    const Tensor x = dense(x_in);
-    auto [out, mean, var] = train_fwd_op().call(x, w, b, eps, slope);
-    save(ctx, x, w, b, mean, var, eps, slope);
-    ctx->mark_non_differentiable({mean, var});
-    return {out, mean, var};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto g = backward_of(ctx, grads[0], true);
-    return {g[0], g[1], g[2], Tensor(), Tensor()};
-  }
-};
-
-struct EvalFn : torch::autograd::Function<EvalFn> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x_in,
-                               const optional<Tensor>& w, const optional<Tensor>& b,
-                               const Tensor& mean_in, const Tensor& var_in, double eps,
-                               double slope) {
-    const Tensor x = dense(x_in);
-    const Tensor mean = mean_in.to(stat_dtype(x)), var = var_in.to(stat_dtype(x));
-    Tensor out = eval_fwd_op().call(x, w, b, mean, var, eps, slope);
-    save(ctx, x, w, b, mean, var, eps, slope);
-    return {out};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto g = backward_of(ctx, grads[0], false);
-    return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
-  }
-};
-
-// BatchNorm2d's running-statistics update, op for op as
-// gan_fast.functional.update_running_stats (the same roundings: each ATen op
-// rounds to the statistics' dtype, and a double factor is used in it).
+// (definition; declared in eager_common.h)
 void update_running_stats(Tensor& running_mean, Tensor& running_var,
                           const optional<Tensor>& num_batches_tracked,
                           const optional<double>& momentum, const Tensor& mean, const Tensor& var,
@@ -182,6 +68,78 @@ void update_running_stats(Tensor& running_mean, Tensor& running_var,
   running_var.unsafeGetTensorImpl()->bump_version();
 }
 
+}  // namespace gan_fast::eager
+
+namespace {
+
+using namespace gan_fast::eager;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Saves what the backward needs: x as given (the differentiable backward
+// recomputes from it), the affine parameters and the statistics (never the output).
+void save(AutogradContext* ctx, const Tensor& x, const optional<Tensor>& w,
+          const optional<Tensor>& b, const Tensor& mean, const Tensor& var, double eps,
+          double slope) {
+  ctx->save_for_backward({x, w.value_or(Tensor()), b.value_or(Tensor()), mean, var});
+  ctx->saved_data["eps"] = eps;
+  ctx->saved_data["slope"] = slope;
+}
+
+// (grad x, grad weight, grad bias) for the saved tensors. With create_graph=True
+// (grad mode on here) they come from the differentiable formulas instead of the
+// kernels, so a gradient penalty through the op gets every second-order term.
+variable_list backward_of(AutogradContext* ctx, const Tensor& grad_out, bool batch_stats) {
+  const auto saved = ctx->get_saved_variables();
+  const Tensor& x = saved[0];
+  const optional<Tensor> w = opt(saved[1]), b = opt(saved[2]);
+  const double eps = ctx->saved_data["eps"].toDouble();
+  const double slope = ctx->saved_data["slope"].toDouble();
+  if (at::GradMode::is_enabled()) {
+    const auto need = input_needs<3>(ctx, {true, w.has_value(), b.has_value()});
+    const c10::List<bool> needs = bool_list(need.data(), need.data() + need.size());
+    return differentiable_grads("gan_fast::bn_act_grads",
+                                {grad_out, x, w, b, saved[3], saved[4], batch_stats, eps, slope,
+                                 needs});
+  }
+  const Tensor xd = dense(x);
+  auto [gx, gw, gb] =
+      bwd_op().call(grad_out.contiguous(format_of(xd)), xd, w, b, saved[3], saved[4], eps, slope,
+                    batch_stats);
+  return {gx, w ? gw : Tensor(), b ? gb : Tensor()};
+}
+
+struct TrainFn : torch::autograd::Function<TrainFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x,
+                               const optional<Tensor>& w, const optional<Tensor>& b, double eps,
+                               double slope) {
+    auto [out, mean, var] = train_fwd_op().call(dense(x), w, b, eps, slope);
+    save(ctx, x, w, b, mean, var, eps, slope);
+    ctx->mark_non_differentiable({mean, var});
+    return {out, mean, var};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = backward_of(ctx, grads[0], true);
+    return {g[0], g[1], g[2], Tensor(), Tensor()};
+  }
+};
+
+struct EvalFn : torch::autograd::Function<EvalFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& x,
+                               const optional<Tensor>& w, const optional<Tensor>& b,
+                               const Tensor& mean_in, const Tensor& var_in, double eps,
+                               double slope) {
+    const Tensor mean = mean_in.to(stat_dtype(x)), var = var_in.to(stat_dtype(x));
+    Tensor out = eval_fwd_op().call(dense(x), w, b, mean, var, eps, slope);
+    save(ctx, x, w, b, mean, var, eps, slope);
+    return {out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto g = backward_of(ctx, grads[0], false);
+    return {g[0], g[1], g[2], Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
 Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
                           const optional<Tensor>& bias, const optional<Tensor>& running_mean,
                           const optional<Tensor>& running_var,
@@ -190,11 +148,14 @@ Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(),
                     "gan_fast bn_act: running_mean and running_var must both be given or both "
                     "be None");
+  const int64_t n = x.size(1) > 0 ? x.numel() / x.size(1) : 0;
+  check_bn_args(n, x.sizes(), true, eps);
+  if (n == 0) return empty_batch(x, weight, bias, running_mean, num_batches_tracked, eps,
+                                 negative_slope);
   auto outs = TrainFn::apply(x, weight, bias, eps, negative_slope);
   if (running_mean) {
     Tensor rm = *running_mean, rv = *running_var;
-    update_running_stats(rm, rv, num_batches_tracked, momentum, outs[1], outs[2],
-                         x.numel() / x.size(1));
+    update_running_stats(rm, rv, num_batches_tracked, momentum, outs[1], outs[2], n);
   }
   return outs[0];
 }
@@ -202,6 +163,7 @@ Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
 Tensor bn_act_eval_eager(const Tensor& x, const optional<Tensor>& weight,
                          const optional<Tensor>& bias, const Tensor& mean, const Tensor& var,
                          double eps, double negative_slope) {
+  check_bn_args(1, x.sizes(), false, eps);
   return EvalFn::apply(x, weight, bias, mean, var, eps, negative_slope)[0];
 }
 

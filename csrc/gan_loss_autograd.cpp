@@ -10,8 +10,8 @@
 // (on CPU, a gradient of exactly 1 returns them as they are: no second pass).
 // At DCGAN sizes the loss is a few microseconds of kernel: a Python
 // autograd.Function around it costs several times that, forward and backward.
-// Once-differentiable: double backward raises (the kernels have no second
-// derivative), as the bn_act eager ops do.
+// Under create_graph=True the backward recomputes the loss's gradient from
+// differentiable ATen ops (gan_fast.ops.double_backward): double backward is exact.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -21,7 +21,7 @@
 #include <tuple>
 #include <utility>
 
-#include "once_differentiable.h"
+#include "eager_common.h"
 
 namespace {
 
@@ -54,7 +54,14 @@ struct LossFn : torch::autograd::Function<LossFn> {
         side_g || !real ? std::nullopt : optional<Tensor>(real->contiguous());
     auto [loss, grad_real, grad_fake] =
         loss_fwd_op().call(r, fake.contiguous(), kind, side, reduction, label_smoothing);
-    ctx->save_for_backward({side_g ? Tensor() : grad_real, grad_fake});
+    // the logits only for a backward with create_graph=True (references, no copies)
+    ctx->save_for_backward({side_g ? Tensor() : grad_real, grad_fake,
+                            side_g || !real ? Tensor() : *real, fake});
+    ctx->saved_data["kind"] = std::string(kind);
+    ctx->saved_data["side"] = std::string(side);
+    ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["real_given"] = real.has_value() && real->defined();  // an input edge
     return loss;
   }
 
@@ -63,16 +70,22 @@ struct LossFn : torch::autograd::Function<LossFn> {
     const auto saved = ctx->get_saved_variables();
     const Tensor& grad_loss = grads[0];
     variable_list out;
-    if (is_one(grad_loss)) {  // loss.backward(): the saved gradients are the answer
+    if (at::GradMode::is_enabled()) {  // create_graph=True: exact double backward
+      const auto& d = ctx->saved_data;
+      const auto need =
+          gan_fast::eager::input_needs<2>(ctx, {d.at("real_given").toBool(), true});
+      const c10::List<bool> needs = gan_fast::eager::bool_list(need.data(), need.data() + 2);
+      out = gan_fast::eager::differentiable_grads(
+          "gan_fast::gan_loss_grads",
+          {grad_loss, gan_fast::eager::opt(saved[2]), saved[3], d.at("kind"), d.at("side"),
+           d.at("reduction"), d.at("label_smoothing"), needs});
+    } else if (is_one(grad_loss)) {  // loss.backward(): the saved gradients are the answer
       out = {saved[0], saved[1]};
     } else {
       at::NoGradGuard no_grad;
       const Tensor scale = grad_loss.to(saved[1].scalar_type());
       out = {saved[0].defined() ? saved[0] * scale : Tensor(), saved[1] * scale};
     }
-    out = gan_fast::once_differentiable(
-        std::move(out), "gan_loss",
-        "use the plain PyTorch loss where a second-order gradient goes through the loss");
     out.resize(6);  // no gradients for kind, side, reduction, label_smoothing
     return out;
   }

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
-from gan_fast.ops._once import once_differentiable
+from gan_fast.ops import double_backward
 
 
 def _memory_format(x: Tensor):
@@ -102,11 +102,22 @@ def _(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_stats):
 
 def _backward(ctx, grad_out, x, batch_stats):
     weight, bias, mean, var = ctx.saved_tensors[1:]
+    if torch.is_grad_enabled():
+        return _graph_backward(ctx, grad_out, batch_stats)
     gx, gw, gb = bn_act_backward(grad_out, x, weight, bias, mean, var, ctx.eps,
                                  ctx.negative_slope, batch_stats)
     if weight is None:
         gw = gb = None
     return gx, gw, gb
+
+
+def _graph_backward(ctx, grad_out, batch_stats):
+    """The backward under create_graph=True: differentiable (gan_fast.ops.double_backward);
+    None for the gradients not asked for."""
+    x, weight, bias, mean, var = ctx.saved_tensors
+    grads = double_backward.bn_act_grads(grad_out, x, weight, bias, mean, var, batch_stats,
+                                         ctx.eps, ctx.negative_slope, ctx.needs_input_grad[:3])
+    return tuple(None if g.numel() == 0 and g.dim() == 1 else g for g in grads)
 
 
 def _setup_train(ctx, inputs, output):
@@ -143,15 +154,13 @@ bn_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
 class _TrainEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps, negative_slope):
-        x = _dense(x)
-        out, mean, var = _run_train(x, weight, bias, eps, negative_slope)
-        ctx.save_for_backward(x, weight, bias, mean, var)
+        out, mean, var = _run_train(_dense(x), weight, bias, eps, negative_slope)
+        ctx.save_for_backward(x, weight, bias, mean, var)  # x as given: create_graph recomputes
         ctx.eps, ctx.negative_slope = eps, negative_slope
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
-    @once_differentiable("bn_act")
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         return (*_eager_backward(ctx, grad_out, True), None, None)
 
@@ -159,22 +168,22 @@ class _TrainEager(torch.autograd.Function):
 class _EvalEager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mean, var, eps, negative_slope):
-        x = _dense(x)
-        out = _run_eval(x, weight, bias, mean, var, eps, negative_slope)
+        out = _run_eval(_dense(x), weight, bias, mean, var, eps, negative_slope)
         ctx.save_for_backward(x, weight, bias, mean, var)
         ctx.eps, ctx.negative_slope = eps, negative_slope
         return out
 
     @staticmethod
-    @once_differentiable("bn_act")
     def backward(ctx, grad_out):
         return (*_eager_backward(ctx, grad_out, False), None, None, None, None)
 
 
 def _eager_backward(ctx, grad_out, batch_stats):
+    if torch.is_grad_enabled():  # create_graph=True: exact double backward
+        return _graph_backward(ctx, grad_out, batch_stats)
     x, weight, bias, mean, var = ctx.saved_tensors
-    return _run_backward(grad_out, x, weight, bias, mean, var, ctx.eps, ctx.negative_slope,
-                         batch_stats)
+    return _run_backward(grad_out, _dense(x), weight, bias, mean, var, ctx.eps,
+                         ctx.negative_slope, batch_stats)
 
 
 def train(x, weight, bias, eps, negative_slope):

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
+from gan_fast.ops import double_backward
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -146,15 +147,28 @@ def _setup_train(ctx, inputs, output):
     (x, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride, padding,
      output_padding, eps, negative_slope) = inputs
     _, y, mean, var = output
-    ctx.save_for_backward(x, conv_weight, y, mean, var, bn_weight, bn_bias)
+    ctx.save_for_backward(x, conv_weight, y, mean, var, bn_weight, bn_bias, conv_bias)
     ctx.has_conv_bias = conv_bias is not None
     ctx.transposed, ctx.stride, ctx.padding = transposed, stride, padding
+    ctx.output_padding = output_padding
     ctx.eps, ctx.negative_slope = eps, negative_slope
     ctx.mark_non_differentiable(y, mean, var)
 
 
+def _graph_backward(ctx, grad_out, x, w, b, bn_w, bn_b, mean, var, batch_stats):
+    """The backward under create_graph=True: differentiable (gan_fast.ops.double_backward)."""
+    grads = double_backward.conv_bn_act_grads(
+        grad_out, x, w, b, bn_w, bn_b, mean, var, ctx.stride, ctx.padding, ctx.output_padding,
+        [1, 1], 1, ctx.transposed, batch_stats, ctx.eps, ctx.negative_slope,
+        ctx.needs_input_grad[:5])
+    return tuple(None if g.numel() == 0 and g.dim() == 1 else g for g in grads)
+
+
 def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var):
-    x, conv_weight, y, mean, var, bn_weight, bn_bias = ctx.saved_tensors
+    x, conv_weight, y, mean, var, bn_weight, bn_bias, conv_bias = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (*_graph_backward(ctx, grad_out, x, conv_weight, conv_bias, bn_weight, bn_bias,
+                                 mean, var, True), None, None, None, None, None, None)
     need = ctx.needs_input_grad
     gx, gw, gb, gbw, gbb = conv_bn_act_backward(
         grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, ctx.transposed, ctx.stride,
@@ -204,6 +218,9 @@ def _backward_eval(ctx, grad_out):
     """Recompute y = conv(x) (stock), BN+activation backward with the running statistics
     as constants (gan_fast::bn_act_backward), then the stock convolution backward."""
     x, w, b, bn_w, bn_b, running_mean, running_var = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (*_graph_backward(ctx, grad_out, x, w, b, bn_w, bn_b, running_mean, running_var,
+                                 False), None, None, None, None, None, None, None, None)
     need = ctx.needs_input_grad
     dilation = [1, 1]
     y = torch.ops.aten.convolution(x, w, b, ctx.stride, ctx.padding, dilation, ctx.transposed,

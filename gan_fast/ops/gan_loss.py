@@ -3,7 +3,8 @@
 The forward computes the loss *and* d(loss)/d(logits) in one kernel; autograd saves
 only that gradient, and the backward scales it by the incoming gradient (on CPU a
 gradient of exactly 1 passes the saved one through: no second pass). The backward
-is once-differentiable: double backward raises rather than drop second-order terms.
+runs with create_graph=True, it recomputes the gradient from differentiable formulas
+(``gan_fast.ops.double_backward``), so gradient penalties through the loss are exact.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
-from gan_fast.ops._once import once_differentiable
+from gan_fast.ops import double_backward
 
 
 def _backend(fake: Tensor, real: Optional[Tensor], kind, side, reduction, label_smoothing):
@@ -62,12 +63,29 @@ def _(real, fake, kind, side, reduction, label_smoothing):
 def _setup(ctx, inputs, output):
     _, grad_real, grad_fake = output
     ctx.has_real = inputs[0] is not None
-    ctx.save_for_backward(grad_real, grad_fake)
+    _save(ctx, grad_real, grad_fake, inputs[0], inputs[1], inputs[2:])
     ctx.mark_non_differentiable(grad_real, grad_fake)
 
 
+def _save(ctx, grad_real, grad_fake, real, fake, args):
+    """Saves the kernel's gradients, and the logits (references, no copies) and the loss
+    configuration for a backward with create_graph."""
+    ctx.save_for_backward(grad_real, grad_fake, real, fake)
+    ctx.loss_args = args
+
+
+def _graph_grads(ctx, grad_loss):
+    """(grad_real, grad_fake) of the loss, differentiable (a backward with create_graph)."""
+    real, fake = ctx.saved_tensors[2:]
+    needs = [real is not None and ctx.needs_input_grad[-6], ctx.needs_input_grad[-5]]
+    g = double_backward.gan_loss_grads(grad_loss, real, fake, *ctx.loss_args, needs)
+    return tuple(None if t.numel() == 0 and t.dim() == 1 else t for t in g)
+
+
 def _backward(ctx, grad_loss, _g1, _g2):
-    grad_real, grad_fake = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (*_graph_grads(ctx, grad_loss), None, None, None, None)
+    grad_real, grad_fake = ctx.saved_tensors[:2]
     g_real, g_fake = _scaled(grad_loss, grad_real if ctx.has_real else None, grad_fake)
     return g_real, g_fake, None, None, None, None
 
@@ -84,13 +102,14 @@ class _GanLossEager(torch.autograd.Function):
     def forward(ctx, be, real, fake, kind, side, reduction, label_smoothing):
         loss, grad_real, grad_fake = be.gan_loss_fwd(real, fake, kind, side, reduction,
                                                      label_smoothing)
-        ctx.save_for_backward(grad_real, grad_fake)
+        _save(ctx, grad_real, grad_fake, real, fake, (kind, side, reduction, label_smoothing))
         return loss
 
     @staticmethod
-    @once_differentiable("gan_loss")
     def backward(ctx, grad_loss):
-        grads = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: exact double backward
+            return (None, *_graph_grads(ctx, grad_loss), None, None, None, None)
+        grads = ctx.saved_tensors[:2]
         # loss.backward() on CPU: the saved gradients are the answer, no second pass (on
         # CUDA reading grad_loss would wait for the stream: it is multiplied instead)
         if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
