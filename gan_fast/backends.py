@@ -54,10 +54,21 @@ def _check_name(name):
     return name
 
 
+# Bumped whenever the requested backend may change (set_backend, use_backend): modules
+# that cache their per-device decision compare it instead of re-resolving every call.
+generation = 0
+
+
+def _bump():
+    global generation
+    generation += 1
+
+
 def set_backend(name: str | None) -> None:
     """Set the process-wide backend (``None`` returns to GAN_FAST_BACKEND / auto)."""
     global _default
     _default = None if name is None else _check_name(name)
+    _bump()
 
 
 @contextlib.contextmanager
@@ -66,10 +77,12 @@ def use_backend(name: str):
     _check_name(name)
     prev = getattr(_state, "name", None)
     _state.name = name
+    _bump()
     try:
         yield
     finally:
         _state.name = prev
+        _bump()
 
 
 def requested() -> str:
@@ -155,7 +168,11 @@ def _module_for(name: str):
 
 
 def _auto_order(device_type: str):
-    return ("cuda", "triton", "reference") if device_type == "cuda" else (device_type, "reference")
+    if device_type == "cuda":
+        return ("cuda", "triton", "reference")
+    if device_type == "cpu":
+        return ("cpu", "reference")
+    return ("reference",)  # meta, mps, xpu...: plain PyTorch ops, as stock would run
 
 
 def resolve_name(device_type: str, dtype: torch.dtype | None = None) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 
 from gan_fast import functional, ops
-from gan_fast.ops.conv_block import fused_block
+from gan_fast.ops.block import block_forward, bn_mode, paths
 
 __all__ = ["Conv2dBNAct", "ConvTranspose2dBNAct", "GANLoss", "bn_act_from_module"]
 
@@ -27,18 +28,21 @@ def activation_slope(act: nn.Module) -> float:
 
 def bn_act_from_module(y: Tensor, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
     """act(bn(y)) with `bn`'s parameters, buffers and mode, as BatchNorm2d.forward does."""
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        momentum = bn.momentum  # None means cumulative average, handled in functional.bn_act
-    else:
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    track = not bn.training or bn.track_running_stats
-    return functional.bn_act(
-        y,
-        bn.running_mean if track else None,
-        bn.running_var if track else None,
-        bn.weight, bn.bias, training, momentum, bn.eps, negative_slope,
-        bn.num_batches_tracked if (bn.training and bn.track_running_stats) else None)
+    batch_stats, running_mean, running_var, num_batches_tracked, momentum = bn_mode(bn)
+    return functional.bn_act(y, running_mean, running_var, bn.weight, bn.bias, batch_stats,
+                             momentum, bn.eps, negative_slope, num_batches_tracked)
+
+
+def _hooked(conv: nn.Module, bn: nn.Module, act: nn.Module) -> bool:
+    """Whether a block's layers carry hooks (forward or backward, or global module hooks):
+    then the block runs them one by one, so each hook sees what it would in stock."""
+    g = _module_hooks
+    return bool(conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
+                or conv._backward_pre_hooks or bn._forward_hooks or bn._forward_pre_hooks
+                or bn._backward_hooks or bn._backward_pre_hooks or act._forward_hooks
+                or act._forward_pre_hooks or act._backward_hooks or act._backward_pre_hooks
+                or g._global_forward_hooks or g._global_forward_pre_hooks
+                or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
 def _make_act(negative_slope: float, inplace: bool) -> nn.Module:
@@ -61,8 +65,11 @@ class _ConvBNAct(nn.Sequential):
         return activation_slope(self[2])
 
     def forward(self, x: Tensor) -> Tensor:
-        out = fused_block(x, self[0], self[1], self.negative_slope)  # None: not applicable
-        return out if out is not None else bn_act_from_module(self[0](x), self[1], self.negative_slope)
+        conv, bn, act = self._modules.values()
+        if _hooked(conv, bn, act):  # hooks see what the stock layers would show them
+            return act(bn(conv(x)))
+        slope = act.negative_slope if type(act) is nn.LeakyReLU else activation_slope(act)
+        return block_forward(paths(self), x, conv, bn, slope)
 
     def to_stock(self) -> nn.Sequential:
         """The same layers as a plain nn.Sequential (shares parameters)."""

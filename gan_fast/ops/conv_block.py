@@ -48,6 +48,7 @@ from torch.nn.utils import skip_init
 
 from gan_fast import backends
 from gan_fast.ops import bn_act as ops_bn_act
+from gan_fast.ops.block import bn_mode
 from gan_fast.ops.bn_act import update_running_stats
 from gan_fast.ops.conv_bn_act import (_conv_memory_format, _out_hw, conv_bn_act_eval,
                                       conv_bn_act_train)
@@ -165,10 +166,8 @@ def _stock_block(x: Tensor, conv, bn, negative_slope: float) -> Tensor:
     """What the callers of fused_block run when it returns None (gan_fast.nn /
     gan_fast.fuse: the stock conv, then functional.bn_act as bn_act_from_module calls it)."""
     y = conv(x)
-    training, momentum, running_mean, running_var, num_batches_tracked = _bn_mode(bn)
-    if training or running_mean is None:
-        if not training:
-            running_mean = running_var = num_batches_tracked = None
+    batch_stats, running_mean, running_var, num_batches_tracked, momentum = bn_mode(bn)
+    if batch_stats:
         return ops_bn_act.train_update(y, bn.weight, bn.bias, bn.eps, negative_slope, running_mean,
                                        running_var, num_batches_tracked, momentum)
     return ops_bn_act.eval_mode(y, bn.weight, bn.bias, running_mean, running_var, bn.eps,
@@ -218,6 +217,12 @@ def _fused_is_faster(key: tuple) -> bool:
     return backends._choices[k] == "fused"
 
 
+def may_fuse_conv(device_type: str) -> bool:
+    """Whether blocks on `device_type` tensors may run the fused conv under the current
+    backend and GAN_FAST_FUSED_CONV (then fused_block decides per call)."""
+    return _fused_conv_mode(device_type) != "off"
+
+
 def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool) -> bool:
     """Whether this call runs the fused conv (see the module docstring)."""
     mode = _fused_conv_mode(x.device.type)
@@ -265,29 +270,15 @@ def _geometry(conv, output_padding=None):
     return transposed, stride, padding, [0, 0]
 
 
-def _bn_mode(bn):
-    """BatchNorm2d's mode semantics, as gan_fast.nn.bn_act_from_module / functional.bn_act:
-    (training, momentum, running_mean, running_var, num_batches_tracked)."""
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        momentum = bn.momentum  # None: cumulative average
-    else:
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    track = not bn.training or bn.track_running_stats
-    num_batches_tracked = bn.num_batches_tracked if (bn.training and bn.track_running_stats) else None
-    return (training, momentum, bn.running_mean if track else None,
-            bn.running_var if track else None, num_batches_tracked)
-
-
 def _run_fused(x: Tensor, conv, bn, negative_slope: float, geometry) -> Tensor:
     """act(bn(conv(x))) through the fused ops (fused_block once it has decided to)."""
     transposed, stride, padding, output_padding = geometry
-    training, momentum, running_mean, running_var, num_batches_tracked = _bn_mode(bn)
+    batch_stats, running_mean, running_var, num_batches_tracked, momentum = bn_mode(bn)
     w, b = conv.weight, conv.bias
-    if training or running_mean is None:
+    if batch_stats:
         out, _, mean, var = conv_bn_act_train(x, w, b, bn.weight, bn.bias, transposed, stride,
                                               padding, output_padding, bn.eps, negative_slope)
-        if training and running_mean is not None:
+        if running_mean is not None:
             oh, ow = out.shape[2], out.shape[3]
             update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
                                   momentum, x.shape[0] * oh * ow)
@@ -315,10 +306,9 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     oh, ow = _out_hw(x.shape, conv.weight.shape, *geometry)
     if oh <= 0 or ow <= 0 or x.shape[0] * conv.out_channels * oh * ow > _INT32_MAX:
         return None  # the stock conv raises its own error / offsets beyond int32
-    training, _, running_mean, running_var, _ = _bn_mode(bn)
+    batch_stats, running_mean, running_var, _, _ = bn_mode(bn)
     if (running_mean is None) != (running_var is None):
         return None
-    batch_stats = training or running_mean is None
     if batch_stats and x.shape[0] * oh * ow <= 1:  # the check and message of F.batch_norm
         size = torch.Size((x.shape[0], conv.out_channels, oh, ow))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")

@@ -1,0 +1,133 @@
+"""How a fused conv -> BatchNorm2d -> activation block runs: one decision, one call.
+
+``block_forward(cache, x, conv, bn, negative_slope)`` is what the drop-in modules
+(``gan_fast.nn``) and ``gan_fast.fuse``'s fused convs call. The way to run is decided
+once per (device, dtype, requested backend) and kept in `cache` (a dict owned by the
+module; ``forget(module)`` clears it, as train()/eval() and .to() do):
+
+* ``cpu`` / ``cuda`` backend: one C++ op, ``gan_fast_C::conv_bn_act_eager``: the stock
+  ATen convolution, the fused BatchNorm+activation with the running-statistics update,
+  one C++ autograd node (csrc/conv_bn_act_autograd.cpp). Under ``auto`` on CUDA the
+  Triton fused convolution is used instead where it was timed faster (conv_block.py);
+* ``triton`` backend: the fused Triton convolution (``conv_block.fused_block``);
+* otherwise (``reference``, or a conv the fused op does not cover: padding_mode other
+  than 'zeros', string padding, autocast): the stock conv module, then the fused
+  BatchNorm+activation op (``functional.bn_act``).
+
+Under torch.compile the custom ops of ``conv_block`` / ``bn_act`` are traced instead.
+Module state that users change between calls (train/eval, momentum, eps, parameters,
+buffers) is read on every call; only the choice of kernels is cached.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gan_fast import backends
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def bn_mode(bn: nn.BatchNorm2d):
+    """BatchNorm2d.forward's rule, the one definition of it in gan_fast:
+    (batch_stats, running_mean, running_var, num_batches_tracked, momentum), where the
+    running tensors are what the call reads (eval) or updates (training; None: no
+    update) and momentum None means a cumulative average."""
+    training = bn.training
+    running_mean, running_var = bn.running_mean, bn.running_var
+    batch_stats = training or (running_mean is None and running_var is None)
+    if training and bn.track_running_stats:
+        nbt = bn.num_batches_tracked
+        momentum = bn.momentum if nbt is not None else (bn.momentum or 0.0)
+        return batch_stats, running_mean, running_var, nbt, momentum
+    if batch_stats:  # no running statistics to update
+        return True, None, None, None, 0.0
+    return False, running_mean, running_var, None, 0.0
+
+
+class _Paths(dict):
+    """A module's cache of block_forward's choices; copies and pickles as empty (the
+    choices hold closures, and a copy may run elsewhere)."""
+
+    def __reduce__(self):
+        return (_Paths, ())
+
+
+def paths(module: nn.Module) -> dict:
+    """`module`'s cache of block_forward's choices (created empty on first use)."""
+    cache = module.__dict__.get("_gan_fast_paths")
+    if cache is None:
+        cache = module.__dict__["_gan_fast_paths"] = _Paths()
+    return cache
+
+
+def forget(module: nn.Module) -> None:
+    """Drop the cached choice of kernels of `module`'s blocks (after train/eval/.to())."""
+    for m in module.modules():
+        cache = m.__dict__.get("_gan_fast_paths")
+        if cache:
+            cache.clear()
+
+
+def _cpp_op():
+    import gan_fast.kernels.cpp  # noqa: F401  (loads gan_fast._C)
+    return torch.ops.gan_fast_C.conv_bn_act_eager.default
+
+
+def _choose(x: Tensor, conv, bn):
+    """The function that runs this block for tensors like x under the current backend."""
+    from gan_fast.ops import conv_block
+    if x.dtype not in _DTYPES or bn.num_features != conv.out_channels:
+        return _unfused  # the stock conv / BatchNorm raise their own errors
+    device_type = x.device.type
+    name = backends.resolve_name(device_type, x.dtype)
+    run = _cpp(_cpp_op(), device_type) if name in ("cpu", "cuda") else _unfused
+    if name == "triton" or conv_block.may_fuse_conv(device_type):
+        return _with_fused_conv(run)
+    return run
+
+
+def block_forward(cache: dict, x: Tensor, conv, bn, negative_slope: float) -> Tensor:
+    """act(bn(conv(x))) with BatchNorm2d's semantics (running statistics updated in place
+    in training). x: (N, C_in, H, W) -> (N, C_out, H', W'), NCHW or channels_last."""
+    if torch.compiler.is_compiling():
+        from gan_fast.ops.conv_block import fused_block
+        out = fused_block(x, conv, bn, negative_slope)
+        return out if out is not None else _unfused(x, conv, bn, negative_slope)
+    key = (x.device, x.dtype, backends.generation) if isinstance(x, Tensor) else None
+    run = cache.get(key)
+    if run is None:
+        if key is None or x.dim() != 4:
+            return _unfused(x, conv, bn, negative_slope)  # the stock modules' errors
+        run = cache[key] = _choose(x, conv, bn)
+    return run(x, conv, bn, negative_slope)
+
+
+def _unfused(x, conv, bn, negative_slope):
+    """The stock convolution (the class's own forward, never a fused subclass's), then
+    the fused BatchNorm+activation op."""
+    from gan_fast.nn import bn_act_from_module
+    forward = nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward
+    return bn_act_from_module(forward(conv, x), bn, negative_slope)
+
+
+def _cpp(op, device_type: str):
+    def run(x, conv, bn, negative_slope):
+        if (conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+                or torch.is_autocast_enabled(device_type)):
+            return _unfused(x, conv, bn, negative_slope)
+        batch_stats, running_mean, running_var, nbt, momentum = bn_mode(bn)
+        return op(x, conv.weight, conv.bias, bn.weight, bn.bias, running_mean, running_var, nbt,
+                  conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups,
+                  conv.transposed, batch_stats, momentum, bn.eps, negative_slope)
+    return run
+
+
+def _with_fused_conv(otherwise):
+    """The Triton fused conv where it applies and is chosen, else `otherwise`."""
+    from gan_fast.ops.conv_block import fused_block
+
+    def run(x, conv, bn, negative_slope):
+        out = fused_block(x, conv, bn, negative_slope)
+        return out if out is not None else otherwise(x, conv, bn, negative_slope)
+    return run
