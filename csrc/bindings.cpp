@@ -68,10 +68,6 @@ void check_stat(const Tensor& x, const Tensor& t, const char* name) {
               " must be a CPU tensor, got ", t.device());
 }
 
-void check_slope(double negative_slope) {
-  TORCH_CHECK_VALUE(!std::isnan(negative_slope), "gan_fast bn_act: negative_slope must not be NaN");
-}
-
 // ------------------------------------------------------------ CPU wrappers
 std::tuple<Tensor, Tensor, Tensor> bn_act_train_fwd_cpu(const Tensor& x,
                                                         const optional<Tensor>& weight,
@@ -79,7 +75,6 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_train_fwd_cpu(const Tensor& x,
                                                         double negative_slope) {
   check_x(x, "x");
   check_affine(x, weight, bias);
-  check_slope(negative_slope);
   return gan_fast::cpu::bn_act_train_fwd(x, weight, bias, eps, negative_slope);
 }
 
@@ -90,7 +85,6 @@ Tensor bn_act_eval_fwd_cpu(const Tensor& x, const optional<Tensor>& weight,
   check_affine(x, weight, bias);
   check_stat(x, mean, "mean");
   check_stat(x, var, "var");
-  check_slope(negative_slope);
   return gan_fast::cpu::bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope);
 }
 
@@ -112,7 +106,6 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_bwd_cpu(const Tensor& grad_out, const 
   check_affine(x, weight, bias);
   check_stat(x, mean, "mean");
   check_stat(x, var, "var");
-  check_slope(negative_slope);
   return gan_fast::cpu::bn_act_bwd(grad_out, x, weight, bias, mean, var, eps, negative_slope,
                                    batch_stats);
 }

@@ -36,3 +36,22 @@ def per_channel(c, x_name, **tensors):
 def param_dtype(name, t, x):
     if t is not None and t.dtype not in (torch.float32, x.dtype):
         raise TypeError(f"{name} must be float32 or the input's dtype {x.dtype}, got {t.dtype}")
+
+
+def bn_eps(eps, batch_stats: bool):
+    """F.batch_norm's rule for eps (with its messages): > 0 with batch statistics, >= 0 else."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
+    if batch_stats and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def momentum(value):
+    """BatchNorm's momentum as a float, or None (cumulative average); a clear TypeError else."""
+    if value is None or type(value) is float:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"momentum must be a float or None, got {type(value).__name__} {value!r}")
+    return float(value)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gan_fast import _checks, ops
+from gan_fast.ops.block import BatchNormSpec, ConvSpec, block_forward
 from gan_fast.reference import LOSS_KINDS, REDUCTIONS
 
 _KIND_ALIASES = {"nonsaturating": "bce", "ns": "bce", "bce": "bce", "hinge": "hinge",
@@ -44,9 +45,16 @@ def bn_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
     _checks.param_dtype("weight", weight, x)
     _checks.param_dtype("bias", bias, x)
     use_batch_stats = training or running_mean is None
+    _checks.bn_eps(eps, use_batch_stats)
+    momentum = _checks.momentum(momentum)
+    if c == 0:  # stock BatchNorm2d fails with an IndexError here
+        raise IndexError(f"x must have at least one channel, got shape {tuple(x.shape)}")
+    if use_batch_stats and x.numel() // c == 1:  # the check and message of F.batch_norm
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+    if x.numel() == 0:  # nothing to normalise: what the stock layers give (an empty tensor)
+        return _empty_batch(x, running_mean, running_var, weight, bias, use_batch_stats,
+                            training, eps, negative_slope, num_batches_tracked)
     if use_batch_stats:
-        if x.numel() // c <= 1:  # the same check and message as torch.nn.functional.batch_norm
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
         if not training:  # batch statistics without running ones: nothing to update
             running_mean = running_var = num_batches_tracked = None
         return ops.bn_act.train_update(x, weight, bias, eps, negative_slope, running_mean,
@@ -54,18 +62,28 @@ def bn_act(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tens
     return ops.bn_act.eval_mode(x, weight, bias, running_mean, running_var, eps, negative_slope)
 
 
+def _empty_batch(x, running_mean, running_var, weight, bias, use_batch_stats, training, eps,
+                 negative_slope, num_batches_tracked):
+    """act(BN(x)) for an x with no elements, as BatchNorm2d + the activation give it: an
+    empty tensor, the statistics untouched, num_batches_tracked still counting the batch."""
+    if training and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    stats = (None, None) if use_batch_stats else (running_mean, running_var)
+    return F.leaky_relu(F.batch_norm(x, *stats, weight, bias, use_batch_stats, 0.0, eps),
+                        negative_slope)
+
+
 def conv2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None, *,
                   stride=1, padding=0, dilation=1, groups=1, training=False, momentum=0.1,
                   eps=1e-5, negative_slope=0.2, num_batches_tracked=None) -> Tensor:
-    """LeakyReLU(BatchNorm2d(conv2d(x))): the discriminator block.
+    """LeakyReLU(BatchNorm2d(conv2d(x))): the discriminator block, run as the modules run it.
 
     x: (N, C_in, H, W); conv_weight: (C_out, C_in/groups, kH, kW). Returns (N, C_out, H', W').
     """
-    _checks.tensor("x", x, dim=4)
-    y = F.conv2d(x, conv_weight, conv_bias, stride, padding, dilation, groups)
-    return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
+    return _block(x, conv_weight, conv_bias, running_mean, running_var, bn_weight, bn_bias,
+                  stride, padding, 0, dilation, groups, False, training, momentum, eps,
                   negative_slope, num_batches_tracked)
 
 
@@ -75,14 +93,40 @@ def conv_transpose2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[
                             stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                             training=False, momentum=0.1, eps=1e-5, negative_slope=0.0,
                             num_batches_tracked=None) -> Tensor:
-    """act(BatchNorm2d(conv_transpose2d(x))): the generator block (ReLU by default).
+    """act(BatchNorm2d(conv_transpose2d(x))): the generator block (ReLU by default), run as
+    the modules run it.
 
     x: (N, C_in, H, W); conv_weight: (C_in, C_out/groups, kH, kW). Returns (N, C_out, H', W').
     """
+    return _block(x, conv_weight, conv_bias, running_mean, running_var, bn_weight, bn_bias,
+                  stride, padding, output_padding, dilation, groups, True, training, momentum,
+                  eps, negative_slope, num_batches_tracked)
+
+
+_BLOCK_PATHS: dict = {}  # block_forward's choices for the functional blocks
+
+
+def _block(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, stride, padding,
+           output_padding, dilation, groups, transposed, training, momentum, eps,
+           negative_slope, num_batches_tracked):
     _checks.tensor("x", x, dim=4)
-    y = F.conv_transpose2d(x, conv_weight, conv_bias, stride, padding, output_padding, groups, dilation)
-    return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
-                  negative_slope, num_batches_tracked)
+    _checks.tensor("conv_weight", weight, dim=4)
+    c = weight.shape[1] * groups if transposed else weight.shape[0]
+    _checks.per_channel(c, "the conv's output", running_mean=running_mean,
+                        running_var=running_var, bn_weight=bn_weight, bn_bias=bn_bias)
+    if isinstance(padding, str):  # 'same' / 'valid': the stock conv, then bn_act
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
+                      negative_slope, num_batches_tracked)
+    conv = ConvSpec(weight, bias, _pair(stride), _pair(padding), _pair(output_padding),
+                    _pair(dilation), groups, transposed)
+    bn = BatchNormSpec(running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
+                       num_batches_tracked, c)
+    return block_forward(_BLOCK_PATHS, x, conv, bn, negative_slope)
+
+
+def _pair(v):
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
 def gan_loss(real: Optional[Tensor], fake: Tensor, kind: str = "bce", side: str = "d",
