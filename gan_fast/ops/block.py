@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gan_fast import backends
+from gan_fast import _checks, backends
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -33,12 +33,14 @@ def bn_mode(bn: nn.BatchNorm2d):
     (batch_stats, running_mean, running_var, num_batches_tracked, momentum), where the
     running tensors are what the call reads (eval) or updates (training; None: no
     update) and momentum None means a cumulative average."""
-    training = bn.training
+    training, momentum = bn.training, bn.momentum
+    if momentum is not None and type(momentum) is not float:
+        momentum = _checks.momentum(momentum)
     running_mean, running_var = bn.running_mean, bn.running_var
     batch_stats = training or (running_mean is None and running_var is None)
     if training and bn.track_running_stats:
         nbt = bn.num_batches_tracked
-        momentum = bn.momentum if nbt is not None else (bn.momentum or 0.0)
+        momentum = momentum if nbt is not None else (momentum or 0.0)
         return batch_stats, running_mean, running_var, nbt, momentum
     if batch_stats:  # no running statistics to update
         return True, None, None, None, 0.0
@@ -107,8 +109,42 @@ def _unfused(x, conv, bn, negative_slope):
     """The stock convolution (the class's own forward, never a fused subclass's), then
     the fused BatchNorm+activation op."""
     from gan_fast.nn import bn_act_from_module
-    forward = nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward
-    return bn_act_from_module(forward(conv, x), bn, negative_slope)
+    if isinstance(conv, nn.Module):
+        y = (nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward)(conv, x)
+    else:
+        y = torch.convolution(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                              conv.dilation, conv.transposed, conv.output_padding, conv.groups)
+    return bn_act_from_module(y, bn, negative_slope)
+
+
+class ConvSpec:
+    """What block_forward reads of a conv module, for the functional API's tensors
+    (stride, padding, output_padding, dilation: pairs of ints)."""
+    padding_mode = "zeros"
+    _forward_hooks = _forward_pre_hooks = {}
+
+    def __init__(self, weight, bias, stride, padding, output_padding, dilation, groups,
+                 transposed):
+        self.weight, self.bias, self.groups, self.transposed = weight, bias, groups, transposed
+        self.stride, self.padding = stride, padding
+        self.output_padding, self.dilation = output_padding, dilation
+        shape = weight.shape
+        self.in_channels = shape[0] if transposed else shape[1] * groups
+        self.out_channels = shape[1] * groups if transposed else shape[0]
+
+
+class BatchNormSpec:
+    """What bn_mode and block_forward read of a BatchNorm2d, for the functional API:
+    training means batch statistics, with the running ones (if given) updated."""
+    _forward_hooks = _forward_pre_hooks = {}
+
+    def __init__(self, running_mean, running_var, weight, bias, training, momentum, eps,
+                 num_batches_tracked, num_features):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.weight, self.bias, self.training = weight, bias, training
+        self.momentum, self.eps, self.num_batches_tracked = momentum, eps, num_batches_tracked
+        self.track_running_stats = running_mean is not None
+        self.num_features = num_features
 
 
 def _cpp(op, device_type: str):
