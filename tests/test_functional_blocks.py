@@ -47,3 +47,17 @@ def test_functional_blocks_take_the_fused_triton_conv(monkeypatch):
         functional.conv2d_bn_act(x, w, None, torch.zeros(5), torch.ones(5), stride=2,
                                  padding=1, training=True)
     assert counts["conv2d_stats"] == 1
+
+
+def test_triton_block_is_one_autograd_function_in_eager_mode():
+    """On the triton backend an eager block call is one autograd.Function (the custom op's
+    Python dispatch is for torch.compile only)."""
+    require_triton("cpu")
+    from gan_fast.nn import Conv2dBNAct
+    block = Conv2dBNAct(3, 4, 4, 2, 1)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    with gan_fast.use_backend("triton"):
+        out = block(x)
+    assert type(out.grad_fn).__name__ == "TrainEagerBackward"
+    out.sum().backward()
+    assert x.grad is not None and block[0].weight.grad is not None

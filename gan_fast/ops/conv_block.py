@@ -46,12 +46,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from gan_fast import backends
+from gan_fast import _checks, backends
 from gan_fast.ops import bn_act as ops_bn_act
 from gan_fast.ops.block import bn_mode
 from gan_fast.ops.bn_act import update_running_stats
-from gan_fast.ops.conv_bn_act import (_conv_memory_format, _out_hw, conv_bn_act_eval,
-                                      conv_bn_act_train)
+from gan_fast.ops.conv_bn_act import (TrainEager, _conv_memory_format, _out_hw,
+                                      conv_bn_act_eval, conv_bn_act_train)
 
 log = logging.getLogger("gan_fast")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -262,7 +262,7 @@ def _applies(x: Tensor, conv, bn) -> bool:
 
 def _geometry(conv, output_padding=None):
     """(transposed, stride, padding, output_padding) of `conv` as bool and int lists."""
-    transposed = isinstance(conv, nn.ConvTranspose2d)
+    transposed = bool(conv.transposed)
     stride, padding = [int(s) for s in conv.stride], [int(p) for p in conv.padding]
     if transposed:
         op = conv.output_padding if output_padding is None else output_padding
@@ -276,8 +276,9 @@ def _run_fused(x: Tensor, conv, bn, negative_slope: float, geometry) -> Tensor:
     batch_stats, running_mean, running_var, num_batches_tracked, momentum = bn_mode(bn)
     w, b = conv.weight, conv.bias
     if batch_stats:
-        out, _, mean, var = conv_bn_act_train(x, w, b, bn.weight, bn.bias, transposed, stride,
-                                              padding, output_padding, bn.eps, negative_slope)
+        train = conv_bn_act_train if torch.compiler.is_compiling() else TrainEager.apply
+        out, _, mean, var = train(x, w, b, bn.weight, bn.bias, transposed, stride, padding,
+                                  output_padding, bn.eps, negative_slope)
         if running_mean is not None:
             oh, ow = out.shape[2], out.shape[3]
             update_running_stats(running_mean, running_var, num_batches_tracked, mean, var,
@@ -309,6 +310,7 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     batch_stats, running_mean, running_var, _, _ = bn_mode(bn)
     if (running_mean is None) != (running_var is None):
         return None
+    _checks.bn_eps(bn.eps, batch_stats)
     if batch_stats and x.shape[0] * oh * ow <= 1:  # the check and message of F.batch_norm
         size = torch.Size((x.shape[0], conv.out_channels, oh, ow))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
