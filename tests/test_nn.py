@@ -105,3 +105,23 @@ def test_autocast_bf16(backend):
     with torch.autocast(device, dtype=torch.bfloat16):
         ya, yb = block(x), twin(x)
     torch.testing.assert_close(ya.float(), yb.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_hooks_on_a_blocks_layers_see_what_stock_shows_them(backend):
+    """A hook on a block's conv, BatchNorm or activation (forward or pre) sees the tensors
+    the stock layers would give it: the block then runs its layers one by one."""
+    name, device = backend
+    torch.manual_seed(0)
+    block = Conv2dBNAct(3, 4, 3, padding=1).to(device)
+    stock = copy.deepcopy(torch.nn.Sequential(*block))
+    seen = {}
+    for i, m in enumerate(block):
+        m.register_forward_hook(lambda mod, inp, out, i=i: seen.setdefault(i, out.detach().clone()))
+    x = torch.randn(2, 3, 5, 5, device=device)
+    with gan_fast.use_backend(name):
+        out = block(x)
+    y = stock[0](x)
+    z = stock[1](y)
+    torch.testing.assert_close(seen[0], y)
+    torch.testing.assert_close(seen[1], z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, stock[2](z), atol=1e-5, rtol=1e-5)
