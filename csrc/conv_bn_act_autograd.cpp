@@ -15,11 +15,17 @@
 // gradients, then at::convolution_backward. Under create_graph=True the
 // gradients come from differentiable ATen ops (gan_fast.ops.double_backward).
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/FuncTorchTLS.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #include <array>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "eager_common.h"
@@ -27,7 +33,6 @@
 namespace {
 
 using namespace gan_fast::eager;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using IntVec = std::vector<int64_t>;
 
@@ -36,22 +41,6 @@ struct Geometry {
   int64_t groups;
   bool transposed;
 };
-
-void save_geometry(AutogradContext* ctx, const Geometry& g) {
-  ctx->saved_data["stride"] = g.stride;
-  ctx->saved_data["padding"] = g.padding;
-  ctx->saved_data["output_padding"] = g.output_padding;
-  ctx->saved_data["dilation"] = g.dilation;
-  ctx->saved_data["groups"] = g.groups;
-  ctx->saved_data["transposed"] = g.transposed;
-}
-
-Geometry load_geometry(AutogradContext* ctx) {
-  auto& d = ctx->saved_data;
-  return {d["stride"].toIntVector(), d["padding"].toIntVector(),
-          d["output_padding"].toIntVector(), d["dilation"].toIntVector(), d["groups"].toInt(),
-          d["transposed"].toBool()};
-}
 
 Tensor convolution(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
                    const Geometry& g) {
@@ -88,45 +77,41 @@ Forward forward_of(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
   return f;
 }
 
-// Slots: x, weight, bias, bn_weight, bn_bias, stats_mean, stats_var, then the
-// non-tensor arguments. stats_*: the running statistics (eval) or undefined.
-struct BlockFn : torch::autograd::Function<BlockFn> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
-                               const optional<Tensor>& b, const optional<Tensor>& bn_w,
-                               const optional<Tensor>& bn_b, const optional<Tensor>& stats_mean,
-                               const optional<Tensor>& stats_var, const Geometry& g,
-                               bool batch_stats, double eps, double slope) {
-    Forward f = forward_of(x, w, b, bn_w, bn_b, stats_mean, stats_var, g, batch_stats, eps,
-                           slope);
-    ctx->save_for_backward({x, w, b.value_or(Tensor()), bn_w.value_or(Tensor()),
-                            bn_b.value_or(Tensor()), f.y, f.mean, f.var});
-    save_geometry(ctx, g);
-    ctx->saved_data["batch_stats"] = batch_stats;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["slope"] = slope;
-    ctx->mark_non_differentiable({f.mean, f.var});
-    return {f.out, f.mean, f.var};
+// The block's autograd node, written as PyTorch's generated nodes are (fields, not a
+// custom Function's context map: a block call is host-bound at GAN sizes). Edges:
+// x, weight, bias, bn_weight, bn_bias (an absent one has an invalid edge).
+struct BlockBackward : torch::autograd::Node {
+  torch::autograd::SavedVariable x_, w_, b_, bn_w_, bn_b_, y_, mean_, var_;
+  Geometry g_;
+  bool batch_stats_ = true;
+  double eps_ = 0.0, slope_ = 0.0;
+
+  std::string name() const override { return "ConvBNActBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto* v : {&x_, &w_, &b_, &bn_w_, &bn_b_, &y_, &mean_, &var_}) v->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const Tensor &x = s[0], &w = s[1], &y = s[5], &mean = s[6], &var = s[7];
-    const optional<Tensor> b = opt(s[2]), bn_w = opt(s[3]), bn_b = opt(s[4]);
-    const Geometry g = load_geometry(ctx);
-    const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const double slope = ctx->saved_data["slope"].toDouble();
-    const auto need = input_needs<5>(ctx, {true, true, b.has_value(), bn_w.has_value(),
-                                           bn_b.has_value()});
-    variable_list out(11);
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Tensor x = x_.unpack(), w = w_.unpack(), y = y_.unpack();
+    const Tensor mean = mean_.unpack(), var = var_.unpack();
+    const optional<Tensor> b = opt(b_.unpack()), bn_w = opt(bn_w_.unpack()),
+                           bn_b = opt(bn_b_.unpack());
+    std::array<bool, 5> need{};
+    for (size_t i = 0; i < need.size(); ++i) need[i] = task_should_compute_output(i);
+    variable_list out(5);
+    if (!grads[0].defined() || !(need[0] || need[1] || need[2] || need[3] || need[4])) {
+      return out;
+    }
     if (at::GradMode::is_enabled()) {  // create_graph=True: exact double backward
-      const c10::List<bool> needs = bool_list(need.data(), need.data() + need.size());
-      auto gr = differentiable_grads(
+      const Geometry& g = g_;
+      return differentiable_grads(
           "gan_fast::conv_bn_act_grads",
           {grads[0], x, w, b, bn_w, bn_b, mean, var, g.stride, g.padding, g.output_padding,
-           g.dilation, g.groups, g.transposed, batch_stats, eps, slope, needs});
-      for (size_t i = 0; i < gr.size(); ++i) out[i] = gr[i];
-      return out;
+           g.dilation, g.groups, g.transposed, batch_stats_, eps_, slope_,
+           bool_list(need.data(), need.data() + need.size())});
     }
     Tensor gy, gbw, gbb;
     if (y.numel() == 0) {
@@ -134,21 +119,65 @@ struct BlockFn : torch::autograd::Function<BlockFn> {
       if (bn_w) gbw = at::zeros_like(*bn_w), gbb = at::zeros_like(*bn_b);
     } else {
       std::tie(gy, gbw, gbb) = bwd_op().call(grads[0].contiguous(format_of(y)), y, bn_w, bn_b,
-                                             mean, var, eps, slope, batch_stats);
+                                             mean, var, eps_, slope_, batch_stats_);
     }
     if (need[0] || need[1] || need[2]) {
       const int64_t c_out = y.size(1);
+      const Geometry& g = g_;
       auto [gx, gw, gb] = at::convolution_backward(
           gy, x, w, b ? at::OptionalIntArrayRef(at::IntArrayRef(&c_out, 1)) : std::nullopt,
           g.stride, g.padding, g.dilation, g.transposed, g.output_padding, g.groups,
           {need[0], need[1], need[2]});
-      out[0] = gx, out[1] = gw, out[2] = gb;
+      out[0] = need[0] ? gx : Tensor();
+      out[1] = need[1] ? gw : Tensor();
+      out[2] = need[2] ? gb : Tensor();
     }
     if (need[3]) out[3] = gbw;
     if (need[4]) out[4] = gbb;
     return out;
   }
 };
+
+// out = act(BN(conv(x))) with its BlockBackward node as grad_fn.
+Tensor forward_with_graph(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
+                          const optional<Tensor>& bn_w, const optional<Tensor>& bn_b,
+                          const optional<Tensor>& stats_mean, const optional<Tensor>& stats_var,
+                          Geometry g, bool batch_stats, double eps, double slope,
+                          Tensor& mean, Tensor& var) {
+  Forward f;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    f = forward_of(x, w, b, bn_w, bn_b, stats_mean, stats_var, g, batch_stats, eps, slope);
+  }
+  // (the checks a C++ custom Function makes: torch.func transforms and forward-mode AD
+  // are refused rather than given gradients without tangents)
+  if (const auto& functorch_tls = at::functorch::functorchTLSAccessor()) {
+    functorch_tls->checkSupportsCppAutogradFunction();
+  }
+  TORCH_CHECK(!torch::autograd::isFwGradDefined(x) && !torch::autograd::isFwGradDefined(w),
+              "gan_fast conv_bn_act: forward-mode AD is not supported; use the stock layers");
+  using torch::autograd::SavedVariable;
+  auto node = c10::make_intrusive<BlockBackward>();
+  const Tensor undefined;
+  node->set_next_edges(torch::autograd::collect_next_edges(
+      x, w, b ? *b : undefined, bn_w ? *bn_w : undefined, bn_b ? *bn_b : undefined));
+  node->x_ = SavedVariable(x, false);
+  node->w_ = SavedVariable(w, false);
+  node->b_ = SavedVariable(b ? *b : undefined, false);
+  node->bn_w_ = SavedVariable(bn_w ? *bn_w : undefined, false);
+  node->bn_b_ = SavedVariable(bn_b ? *bn_b : undefined, false);
+  node->y_ = SavedVariable(f.y, false);
+  node->mean_ = SavedVariable(f.mean, false);
+  node->var_ = SavedVariable(f.var, false);
+  node->g_ = std::move(g);
+  node->batch_stats_ = batch_stats;
+  node->eps_ = eps;
+  node->slope_ = slope;
+  torch::autograd::set_history(f.out, node);
+  mean = f.mean;
+  var = f.var;
+  return f.out;
+}
 
 bool requires_grad(const optional<Tensor>& t) { return t.has_value() && t->requires_grad(); }
 
@@ -171,25 +200,24 @@ Tensor conv_bn_act_eager(const Tensor& x, const Tensor& weight, const optional<T
                    transposed};
   const optional<Tensor> stats_mean = batch_stats ? std::nullopt : running_mean;
   const optional<Tensor> stats_var = batch_stats ? std::nullopt : running_var;
-  variable_list outs;
+  Tensor out, mean, var;
   // an autograd node only when grad mode is on and some input requires grad
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || weight.requires_grad() || requires_grad(bias) ||
        requires_grad(bn_weight) || requires_grad(bn_bias))) {
-    outs = BlockFn::apply(x, weight, bias, bn_weight, bn_bias, stats_mean, stats_var, g,
-                          batch_stats, eps, negative_slope);
+    out = forward_with_graph(x, weight, bias, bn_weight, bn_bias, stats_mean, stats_var, g,
+                             batch_stats, eps, negative_slope, mean, var);
   } else {  // no_grad / frozen weights: the kernels alone, nothing saved
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     Forward f = forward_of(x, weight, bias, bn_weight, bn_bias, stats_mean, stats_var, g,
                            batch_stats, eps, negative_slope);
-    outs = {f.out, f.mean, f.var};
+    out = f.out, mean = f.mean, var = f.var;
   }
-  const Tensor& out = outs[0];
   if (batch_stats && running_mean) {
     const int64_t n = out.size(1) > 0 ? out.numel() / out.size(1) : 0;
     Tensor rm = *running_mean, rv = *running_var;
     if (n > 0) {
-      update_running_stats(rm, rv, num_batches_tracked, momentum, outs[1], outs[2], n);
+      update_running_stats(rm, rv, num_batches_tracked, momentum, mean, var, n);
     } else if (num_batches_tracked) {  // an empty batch counts, as in BatchNorm2d
       at::NoGradGuard no_grad;
       num_batches_tracked->add_(1);
