@@ -1,13 +1,17 @@
 """``fuse(model)`` / ``unfuse(model)``: convert a stock model in place.
 
-Every ``Conv2d|ConvTranspose2d -> BatchNorm2d -> ReLU|LeakyReLU`` chain that ``fuse`` can
-prove is only ever called as a whole is fused by changing the classes of the existing
+Every ``Conv2d|ConvTranspose2d -> BatchNorm2d|SyncBatchNorm -> ReLU|LeakyReLU`` chain that
+``fuse`` can prove is only ever called as a whole is fused by changing the classes of the existing
 module objects, never their parameters:
 
 * the conv becomes ``FusedConv2d`` / ``FusedConvTranspose2d`` (subclasses of the
   stock conv) whose forward runs conv + fused BatchNorm+activation;
-* the BatchNorm becomes ``AbsorbedBatchNorm2d`` (a BatchNorm2d whose forward is
-  the identity: its parameters and buffers stay where they were);
+* the BatchNorm becomes ``AbsorbedBatchNorm2d`` / ``AbsorbedSyncBatchNorm`` (a
+  BatchNorm2d / SyncBatchNorm whose forward is the identity: its parameters and buffers
+  stay where they were). A SyncBatchNorm chain's statistics are reduced over its process
+  group (``gan_fast.ops.sync_bn_act``). ``nn.SyncBatchNorm.convert_sync_batchnorm`` on a
+  fused model yields synchronised fused blocks (see ``_AbsorbedBN``), never a BatchNorm
+  applied twice;
 * the activation module is replaced by ``AbsorbedActivation`` (an ``nn.Identity``; the
   activation holds no state).
 
@@ -29,8 +33,10 @@ user's word that forward calls them only through the Sequential.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 
 import torch
 from torch import nn
@@ -39,12 +45,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from gan_fast import _trace
 from gan_fast._trace import Call
 from gan_fast.nn import activation_slope, bn_act_from_module
-from gan_fast.ops.block import block_forward, paths as _paths
+from gan_fast.ops.block import block_forward, is_sync, paths as _paths
 
 log = logging.getLogger("gan_fast")
 
 __all__ = ["fuse", "unfuse", "FuseReport", "FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d",
-           "AbsorbedActivation"]
+           "AbsorbedSyncBatchNorm", "AbsorbedActivation"]
 
 _IDENTITY_SLOPE = 1.0  # LeakyReLU with slope 1 is the identity: BatchNorm only
 
@@ -68,10 +74,15 @@ class _RefusesHooks:
 
 class _FusedConvMixin(_RefusesHooks):
     def _bn_act(self, y):
-        return bn_act_from_module(y, self._gan_fast_bn, self._gan_fast_slope)
+        bn = self._gan_fast_bn
+        if is_sync(bn):
+            from gan_fast.ops import sync_bn_act
+            return sync_bn_act.bn_act(y, bn, self._gan_fast_slope)
+        return bn_act_from_module(y, bn, self._gan_fast_slope)
 
     def _absorbed(self):
-        what = "BatchNorm2d" + (" and activation" if self._gan_fast_act_slot else "")
+        what = _STOCK_BN[type(self._gan_fast_bn)].__name__ + (
+            " and activation" if self._gan_fast_act_slot else "")
         return f"fused the {what} after this {_STOCK_CLASS[type(self)].__name__} into it"
 
 
@@ -91,14 +102,64 @@ class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
         return block_forward(_paths(self), x, self, self._gan_fast_bn, self._gan_fast_slope)
 
 
-class AbsorbedBatchNorm2d(_RefusesHooks, nn.BatchNorm2d):
-    """A BatchNorm2d computed by the fused conv before it: forward is the identity."""
+class _AbsorbedBN(_RefusesHooks):
+    """A BatchNorm computed by the fused conv before it: forward is the identity.
+
+    nn.SyncBatchNorm.convert_sync_batchnorm(model) replaces every BatchNorm, this one
+    included, by a new SyncBatchNorm sharing its parameters and buffers, and never calls
+    a method of ours. It does read ``hasattr(module, "qconfig")`` on the module it
+    replaces, after building the new one: that read, when it comes from
+    convert_sync_batchnorm, makes the new module absorbed too and points the fused conv
+    at it, so the converted model synchronises its fused blocks and applies each
+    BatchNorm once. If the conversion cannot be followed (a torch whose
+    convert_sync_batchnorm differs), it raises instead of leaving a double BatchNorm."""
 
     def forward(self, x):
         return x
 
     def _absorbed(self):
-        return "absorbed this BatchNorm2d into the conv before it"
+        return f"absorbed this {_STOCK_BN[type(self)].__name__} into the conv before it"
+
+    @property
+    def qconfig(self):
+        if "_gan_fast_qconfig" in self.__dict__:
+            return self.__dict__["_gan_fast_qconfig"]
+        _follow_conversion(self, sys._getframe(1))
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute 'qconfig'")
+
+    @qconfig.setter
+    def qconfig(self, value):
+        self.__dict__["_gan_fast_qconfig"] = value
+
+
+def _follow_conversion(old, frame) -> None:
+    """If `frame` is nn.SyncBatchNorm.convert_sync_batchnorm replacing the absorbed `old`,
+    absorb its replacement into the same fused conv (see _AbsorbedBN)."""
+    if frame is None or frame.f_code is not nn.SyncBatchNorm.convert_sync_batchnorm.__func__.__code__:
+        return
+    new, conv = frame.f_locals.get("module_output"), old.__dict__.get("_gan_fast_conv")
+    if type(new) is not nn.SyncBatchNorm or conv is None or conv._gan_fast_bn is not old:
+        raise RuntimeError(
+            "gan_fast: nn.SyncBatchNorm.convert_sync_batchnorm on a model fused by "
+            "gan_fast.fuse could not be followed with this torch version (the fused conv would "
+            "apply its BatchNorm a second time); convert before fusing: "
+            "gan_fast.fuse(nn.SyncBatchNorm.convert_sync_batchnorm(gan_fast.unfuse(model)))")
+    new.__class__ = AbsorbedSyncBatchNorm
+    object.__setattr__(new, "_gan_fast_conv", conv)
+    object.__setattr__(conv, "_gan_fast_bn", new)
+    _paths(conv).clear()
+
+
+class AbsorbedBatchNorm2d(_AbsorbedBN, nn.BatchNorm2d):
+    """A BatchNorm2d computed by the fused conv before it: forward is the identity."""
+
+
+class AbsorbedSyncBatchNorm(_AbsorbedBN, nn.BatchNorm2d):
+    """An nn.SyncBatchNorm computed (synchronised over its ``process_group``) by the fused
+    conv before it: forward is the identity. Deliberately not an nn.SyncBatchNorm
+    subclass: DistributedDataParallel refuses CPU modules holding one, and this module
+    never computes stock SyncBatchNorm's forward (unfuse restores the nn.SyncBatchNorm)."""
+    _gan_fast_sync = True
 
 
 class AbsorbedActivation(_RefusesHooks, nn.Identity):
@@ -117,6 +178,9 @@ class AbsorbedActivation(_RefusesHooks, nn.Identity):
 
 _FUSED_CLASS = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d}
 _STOCK_CLASS = {v: k for k, v in _FUSED_CLASS.items()}
+_ABSORBED_BN = {nn.BatchNorm2d: AbsorbedBatchNorm2d, nn.SyncBatchNorm: AbsorbedSyncBatchNorm}
+_STOCK_BN = {v: k for k, v in _ABSORBED_BN.items()}
+_STOCK_BN.update({k: k for k in _ABSORBED_BN})
 _ACTS = (nn.ReLU, nn.LeakyReLU)
 
 
@@ -163,10 +227,10 @@ def _hooks(m) -> str:
 def _conv_bn_ok(conv, bn):
     if type(conv) not in _FUSED_CLASS:
         return f"{type(conv).__name__} is not a stock Conv2d/ConvTranspose2d"
-    if type(bn) is not nn.BatchNorm2d:
-        return f"{type(bn).__name__} is not a stock BatchNorm2d"
+    if type(bn) not in _ABSORBED_BN:
+        return f"{type(bn).__name__} is not a stock BatchNorm2d or SyncBatchNorm"
     if bn.num_features != conv.out_channels:
-        return "BatchNorm2d.num_features != conv.out_channels"
+        return f"{type(bn).__name__}.num_features != conv.out_channels"
     for m in (conv, bn):
         if _hooks(m):
             return f"the {type(m).__name__} has {_hooks(m)} (e.g. spectral_norm)"
@@ -258,7 +322,7 @@ def _chains_from_sequentials(model, report):
         names = list(seq._modules)
         for i in range(len(names) - 1):
             conv, bn = seq._modules[names[i]], seq._modules[names[i + 1]]
-            if type(conv) not in _FUSED_CLASS or not isinstance(bn, nn.BatchNorm2d):
+            if type(conv) not in _FUSED_CLASS or not isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):
                 continue
             path = lambda n: f"{prefix}.{n}" if prefix else n  # noqa: E731
             reason = _conv_bn_ok(conv, bn)
@@ -285,10 +349,32 @@ def _not_analysed(model, why, assume_sequential, report):
                   "through the nn.Sequential")
     report.left += [f"{' -> '.join(p for p in (c.conv, c.bn, c.act) if p)}: the model was not analysed"
                     for c in chains]
-    n_bn = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    n_bn = sum(type(m) in _ABSORBED_BN for m in model.modules())
     if n_bn and not chains:
-        report.left.append(f"{n_bn} BatchNorm2d layer(s): the model was not analysed")
+        report.left.append(f"{n_bn} BatchNorm2d/SyncBatchNorm layer(s): the model was not analysed")
     return []
+
+
+class _TracedSyncBatchNorm(nn.BatchNorm2d):
+    """Stands in for an nn.SyncBatchNorm while fuse runs forward on fake tensors: the
+    same call (any input of 2+ dims) without stock's refusal of CPU tensors and without
+    collectives."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+@contextlib.contextmanager
+def _sync_bn_traced_plainly(model):
+    swapped = [m for m in model.modules() if type(m) is nn.SyncBatchNorm]
+    for m in swapped:
+        m.__class__ = _TracedSyncBatchNorm
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = nn.SyncBatchNorm
 
 
 def _parent_and_name(model, path):
@@ -321,7 +407,8 @@ def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False, *,
                         f"got {type(example_inputs).__name__}")
     report = FuseReport()
     shared = _shared_paths(model)
-    traces, how = _trace.analyse(model, example_inputs)
+    with _sync_bn_traced_plainly(model):
+        traces, how = _trace.analyse(model, example_inputs)
     if traces is None:
         chains = _not_analysed(model, how, assume_sequential, report)
     else:
@@ -335,8 +422,9 @@ def fuse(model: nn.Module, verbose: bool = True, return_report: bool = False, *,
             continue
         conv, bn = model.get_submodule(ch.conv), model.get_submodule(ch.bn)
         conv.__class__ = _FUSED_CLASS[type(conv)]
-        bn.__class__ = AbsorbedBatchNorm2d
+        bn.__class__ = _ABSORBED_BN[type(bn)]
         object.__setattr__(conv, "_gan_fast_bn", bn)  # not a submodule: keeps state_dict keys
+        object.__setattr__(bn, "_gan_fast_conv", conv)  # for convert_sync_batchnorm
         object.__setattr__(conv, "_gan_fast_slope", ch.slope)
         slot = None
         if ch.act:
@@ -362,7 +450,8 @@ def unfuse(model: nn.Module) -> nn.Module:
             for attr in ("_gan_fast_bn", "_gan_fast_slope", "_gan_fast_act_slot"):
                 object.__delattr__(m, attr)
             m.__class__ = _STOCK_CLASS[type(m)]
-            bn.__class__ = nn.BatchNorm2d
+            bn.__class__ = _STOCK_BN[type(bn)]
+            bn.__dict__.pop("_gan_fast_conv", None)
             if slot is not None:
                 parent, name, act = slot
                 parent._modules[name] = act

@@ -27,7 +27,8 @@ def activation_slope(act: nn.Module) -> float:
 
 
 def bn_act_from_module(y: Tensor, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
-    """act(bn(y)) with `bn`'s parameters, buffers and mode, as BatchNorm2d.forward does."""
+    """act(bn(y)) with `bn`'s parameters, buffers and mode, as BatchNorm2d.forward does
+    (never synchronised: gan_fast.ops.sync_bn_act.bn_act is SyncBatchNorm's)."""
     batch_stats, running_mean, running_var, num_batches_tracked, momentum = bn_mode(bn)
     return functional.bn_act(y, running_mean, running_var, bn.weight, bn.bias, batch_stats,
                              momentum, bn.eps, negative_slope, num_batches_tracked)
@@ -43,6 +44,16 @@ def _hooked(conv: nn.Module, bn: nn.Module, act: nn.Module) -> bool:
                 or act._forward_pre_hooks or act._backward_hooks or act._backward_pre_hooks
                 or g._global_forward_hooks or g._global_forward_pre_hooks
                 or g._global_backward_hooks or g._global_backward_pre_hooks)
+
+
+def _make_bn(num_features, eps, momentum, affine, track_running_stats, sync, process_group,
+             kw) -> nn.Module:
+    if sync:
+        return nn.SyncBatchNorm(num_features, eps, momentum, affine, track_running_stats,
+                                process_group, **kw)
+    if process_group is not None:
+        raise ValueError("process_group is for sync=True (a synchronised BatchNorm)")
+    return nn.BatchNorm2d(num_features, eps, momentum, affine, track_running_stats, **kw)
 
 
 def _make_act(negative_slope: float, inplace: bool) -> nn.Module:
@@ -71,6 +82,16 @@ class _ConvBNAct(nn.Sequential):
         slope = act.negative_slope if type(act) is nn.LeakyReLU else activation_slope(act)
         return block_forward(paths(self), x, conv, bn, slope)
 
+    # A layer replaced in place (e.g. by nn.SyncBatchNorm.convert_sync_batchnorm, which
+    # calls add_module for every child) makes block_forward choose its kernels afresh.
+    def add_module(self, name, module):
+        super().add_module(name, module)
+        paths(self).clear()
+
+    def __setitem__(self, idx, module):
+        super().__setitem__(idx, module)
+        paths(self).clear()
+
     def to_stock(self) -> nn.Sequential:
         """The same layers as a plain nn.Sequential (shares parameters)."""
         return nn.Sequential(self[0], self[1], self[2])
@@ -90,17 +111,22 @@ class Conv2dBNAct(_ConvBNAct):
     Arguments are nn.Conv2d's, then nn.BatchNorm2d's (eps, momentum, affine,
     track_running_stats), then negative_slope (default 0.2, the DCGAN
     discriminator's) and inplace (kept for the stock activation module).
+    sync=True makes the BatchNorm an nn.SyncBatchNorm (statistics over `process_group`,
+    default the whole world, while training in an initialised process group; CPU/gloo
+    included), as ``nn.SyncBatchNorm.convert_sync_batchnorm`` would.
     Input (N, C_in, H, W) -> output (N, C_out, H', W'), float32/float16/bfloat16.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, negative_slope=0.2, inplace=False, device=None, dtype=None):
+                 track_running_stats=True, negative_slope=0.2, inplace=False, device=None, dtype=None,
+                 sync=False, process_group=None):
         kw = {"device": device, "dtype": dtype}
         super().__init__(
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                       bias, padding_mode, **kw),
-            nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **kw),
+            _make_bn(out_channels, eps, momentum, affine, track_running_stats, sync,
+                     process_group, kw),
             _make_act(negative_slope, inplace))
 
 
@@ -108,19 +134,22 @@ class ConvTranspose2dBNAct(_ConvBNAct):
     """ConvTranspose2d -> BatchNorm2d -> ReLU (or LeakyReLU(negative_slope)), fused.
 
     Arguments are nn.ConvTranspose2d's, then nn.BatchNorm2d's, then
-    negative_slope (default 0.0: ReLU, the DCGAN generator's) and inplace.
+    negative_slope (default 0.0: ReLU, the DCGAN generator's) and inplace; sync and
+    process_group as for Conv2dBNAct.
     Input (N, C_in, H, W) -> output (N, C_out, H', W'), float32/float16/bfloat16.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 negative_slope=0.0, inplace=False, device=None, dtype=None):
+                 negative_slope=0.0, inplace=False, device=None, dtype=None, sync=False,
+                 process_group=None):
         kw = {"device": device, "dtype": dtype}
         super().__init__(
             nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, padding,
                                output_padding, groups, bias, dilation, padding_mode, **kw),
-            nn.BatchNorm2d(out_channels, eps, momentum, affine, track_running_stats, **kw),
+            _make_bn(out_channels, eps, momentum, affine, track_running_stats, sync,
+                     process_group, kw),
             _make_act(negative_slope, inplace))
 
 

@@ -12,7 +12,10 @@ module; ``forget(module)`` clears it, as train()/eval() and .to() do):
 * ``triton`` backend: the fused Triton convolution (``conv_block.fused_block``);
 * otherwise (``reference``, or a conv the fused op does not cover: padding_mode other
   than 'zeros', string padding, autocast): the stock conv module, then the fused
-  BatchNorm+activation op (``functional.bn_act``).
+  BatchNorm+activation op (``functional.bn_act``);
+* an ``nn.SyncBatchNorm`` block (chosen once, like the rest): while it synchronises,
+  the stock conv then ``ops.sync_bn_act`` (statistics over the process group); else one
+  of the paths above. Ordinary blocks pay nothing for this.
 
 Under torch.compile the custom ops of ``conv_block`` / ``bn_act`` are traced instead.
 Module state that users change between calls (train/eval, momentum, eps, parameters,
@@ -45,6 +48,12 @@ def bn_mode(bn: nn.BatchNorm2d):
     if batch_stats:  # no running statistics to update
         return True, None, None, None, 0.0
     return False, running_mean, running_var, None, 0.0
+
+
+def is_sync(bn) -> bool:
+    """Whether `bn` is a synchronised BatchNorm: an nn.SyncBatchNorm, or fuse's absorbed
+    one (``gan_fast.fuse.AbsorbedSyncBatchNorm``)."""
+    return isinstance(bn, nn.SyncBatchNorm) or getattr(type(bn), "_gan_fast_sync", False)
 
 
 class _Paths(dict):
@@ -85,8 +94,8 @@ def _choose(x: Tensor, conv, bn):
     name = backends.resolve_name(device_type, x.dtype)
     run = _cpp(_cpp_op(), device_type) if name in ("cpu", "cuda") else _unfused
     if name == "triton" or conv_block.may_fuse_conv(device_type):
-        return _with_fused_conv(run)
-    return run
+        run = _with_fused_conv(run)
+    return _synced(run) if is_sync(bn) else run
 
 
 def block_forward(cache: dict, x: Tensor, conv, bn, negative_slope: float) -> Tensor:
@@ -94,6 +103,8 @@ def block_forward(cache: dict, x: Tensor, conv, bn, negative_slope: float) -> Te
     in training). x: (N, C_in, H, W) -> (N, C_out, H', W'), NCHW or channels_last."""
     if torch.compiler.is_compiling():
         from gan_fast.ops.conv_block import fused_block
+        if is_sync(bn):
+            return _synced(_unfused)(x, conv, bn, negative_slope)
         out = fused_block(x, conv, bn, negative_slope)
         return out if out is not None else _unfused(x, conv, bn, negative_slope)
     key = (x.device, x.dtype, backends.generation) if isinstance(x, Tensor) else None
@@ -105,16 +116,33 @@ def block_forward(cache: dict, x: Tensor, conv, bn, negative_slope: float) -> Te
     return run(x, conv, bn, negative_slope)
 
 
-def _unfused(x, conv, bn, negative_slope):
-    """The stock convolution (the class's own forward, never a fused subclass's), then
-    the fused BatchNorm+activation op."""
-    from gan_fast.nn import bn_act_from_module
+def _stock_conv(x, conv):
+    """The stock convolution (the class's own forward, never a fused subclass's)."""
     if isinstance(conv, nn.Module):
-        y = (nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward)(conv, x)
-    else:
-        y = torch.convolution(x, conv.weight, conv.bias, conv.stride, conv.padding,
-                              conv.dilation, conv.transposed, conv.output_padding, conv.groups)
-    return bn_act_from_module(y, bn, negative_slope)
+        return (nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward)(conv, x)
+    return torch.convolution(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                             conv.dilation, conv.transposed, conv.output_padding, conv.groups)
+
+
+def _unfused(x, conv, bn, negative_slope):
+    """The stock convolution, then the fused BatchNorm+activation op."""
+    from gan_fast.nn import bn_act_from_module
+    return bn_act_from_module(_stock_conv(x, conv), bn, negative_slope)
+
+
+def _synced(otherwise):
+    """For an nn.SyncBatchNorm block: where stock SyncBatchNorm synchronises (training in
+    an initialised process group of more than one process), the stock convolution then
+    the synchronised BatchNorm+activation (gan_fast.ops.sync_bn_act); else `otherwise`,
+    the block's ordinary path (stock falls back to plain BatchNorm there too)."""
+    from gan_fast.ops import sync_bn_act
+
+    def run(x, conv, bn, negative_slope):
+        group = sync_bn_act.group_of(bn)
+        if group is None:
+            return otherwise(x, conv, bn, negative_slope)
+        return sync_bn_act.apply(_stock_conv(x, conv), bn, negative_slope, group)
+    return run
 
 
 class ConvSpec:
