@@ -24,6 +24,7 @@ buffers) is read on every call; only the choice of kernels is cached.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gan_fast import _checks, backends
@@ -120,8 +121,11 @@ def _stock_conv(x, conv):
     """The stock convolution (the class's own forward, never a fused subclass's)."""
     if isinstance(conv, nn.Module):
         return (nn.ConvTranspose2d.forward if conv.transposed else nn.Conv2d.forward)(conv, x)
-    return torch.convolution(x, conv.weight, conv.bias, conv.stride, conv.padding,
-                             conv.dilation, conv.transposed, conv.output_padding, conv.groups)
+    if conv.transposed:  # F.conv*, not torch.convolution: autocast casts these as stock
+        return F.conv_transpose2d(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                                  conv.output_padding, conv.groups, conv.dilation)
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
 
 
 def _unfused(x, conv, bn, negative_slope):
