@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 from dataclasses import fields
@@ -99,7 +100,8 @@ def train_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=_nonneg_int, help="total training steps (one D and one "
                    "G update each)" + _d("steps"))
-    o.add_argument("--batch-size", type=_positive_int, help="batch size" + _d("batch_size"))
+    o.add_argument("--batch-size", type=_positive_int, help="global batch size: under torchrun "
+                   "split evenly over the processes" + _d("batch_size"))
     o.add_argument("--lr", type=_learning_rate, help="learning rate of both G and D "
                    "(sets --lr-g and --lr-d)")
     o.add_argument("--lr-g", type=_learning_rate, help="G learning rate" + _d("lr_g"))
@@ -126,6 +128,9 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
     r.add_argument("--cuda-graphs", action="store_true", default=None,
                    help="capture the whole training step as a CUDA graph (CUDA only)")
+    r.add_argument("--sync-bn", action="store_true", default=None,
+                   help="nn.SyncBatchNorm (fused: gan_fast synchronises it, CPU/gloo too): "
+                        "BatchNorm statistics of the global batch under torchrun")
     r.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     r.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads (default: half the logical cores, at least 1: "
@@ -212,7 +217,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except _errors() as e:
         return _error("gan-fast train", e)
-    print(format_summary(summary))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(format_summary(summary))
     return 0
 
 

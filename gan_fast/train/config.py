@@ -51,6 +51,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     cuda_graphs: bool = False
+    sync_bn: bool = False
     device: str = "auto"
     threads: Optional[int] = None
     # output

@@ -17,7 +17,6 @@ step in progress with the current state saved (:mod:`gan_fast.train.guard`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import random
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from gan_fast.train import checkpoint as ckpt_mod
-from gan_fast.train import rundir
+from gan_fast.train import distributed, rundir
 from gan_fast.train.config import (ARCH_KEYS, DTYPES, LOSS_KINDS, TrainConfig,  # noqa: F401
                                    resolve_device, validate)
 from gan_fast.train.data import BatchOrder, load_dataset
@@ -66,14 +65,18 @@ class Trainer:
         validate(cfg)
         self.cfg = cfg
         self.say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.device = resolve_device(cfg.device)
+        distributed.check(cfg)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.device))
         self.out = Path(cfg.out)
-        rundir.prepare(self.out, cfg.resume, cfg.overwrite)
+        if self.dist.writer:  # rank 0 alone writes files
+            rundir.prepare(self.out, cfg.resume, cfg.overwrite)
+        self.dist.barrier()
         resume_state = None
         if cfg.resume:
             resume_state = ckpt_mod.load(self.out / CHECKPOINT,
                                          warn=lambda m: self.say(f"warning: {m}"))
             self._check_resume_config(resume_state["config"])
+            distributed.check_resume(resume_state.get("extra", {}).get("world_size", 1), self.dist)
 
         seed_everything(cfg.seed)
         data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
@@ -85,6 +88,9 @@ class Trainer:
 
         self.g, self.d = build_models(cfg.nz, cfg.ngf, cfg.ndf, self.nc, cfg.image_size,
                                       seed=cfg.seed)
+        if cfg.sync_bn:  # before fuse, which fuses the SyncBatchNorm chains
+            self.g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.g)
+            self.d = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.d)
         if cfg.layers == "fused":
             import gan_fast
             gan_fast.fuse(self.g, verbose=False)
@@ -108,8 +114,10 @@ class Trainer:
         self.mlog = MetricsLog(self.out / METRICS, self.out / TIMING, cfg.log_every)
         if resume_state is not None:
             self._load(resume_state)
-        self.g_run = torch.compile(self.g) if cfg.compile else self.g
-        self.d_run = torch.compile(self.d) if cfg.compile else self.d
+        self.g_run = distributed.wrap(torch.compile(self.g) if cfg.compile else self.g,
+                                      self.dist, self.device)
+        self.d_raw = torch.compile(self.d) if cfg.compile else self.d  # G's step: no D grads
+        self.d_run = distributed.wrap(self.d_raw, self.dist, self.device)
         self._graph = None
         self._warmup_left = 3
         self.g_params = list(self.g.parameters())
@@ -125,7 +133,7 @@ class Trainer:
 
     def state(self) -> dict:
         """The checkpoint dict of the current state (a CPU copy)."""
-        extra = {}
+        extra = {"world_size": self.dist.world}
         if self.scaler_g is not None:
             extra["scaler_g"], extra["scaler_d"] = (self.scaler_g.state_dict(),
                                                     self.scaler_d.state_dict())
@@ -156,7 +164,9 @@ class Trainer:
     def save_checkpoint(self, state: Optional[dict] = None) -> Path:
         """Writes ``state`` (default: the current one) to out/checkpoint.pt atomically."""
         state = self.state() if state is None else state
-        path = ckpt_mod.save(state, self.out / CHECKPOINT)
+        path = self.out / CHECKPOINT
+        if self.dist.writer:
+            path = ckpt_mod.save(state, path)
         self.last_saved = (int(state["step"]), path)
         return path
 
@@ -168,10 +178,10 @@ class Trainer:
                               cache_enabled=not self.cfg.cuda_graphs)
 
     def _next_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.order.next().to(self.device)
+        idx = self.dist.part(self.order.next()).to(self.device)  # this rank's share
         real = self.images.index_select(0, idx)
         z = torch.randn(self.cfg.batch_size, self.cfg.nz, 1, 1, generator=self.noise_gen)
-        z = z.to(self.device, non_blocking=True)
+        z = self.dist.part(z).to(self.device, non_blocking=True)
         if self.cfg.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         return real, z
@@ -201,7 +211,7 @@ class Trainer:
                     p.clamp_(-self.cfg.clip_d, self.cfg.clip_d)
         # G: non-saturating (bce) / -D(G(z)) (hinge, wgan) / LS; only G's grads are made
         with self._autocast():
-            gen_logits = self.d_run(fake)
+            gen_logits = (self.d_raw if self.dist.enabled else self.d_run)(fake)
         loss_g = self.crit_g(gen_logits.float())
         self.opt_g.zero_grad(set_to_none=True)
         self._backward_step(loss_g, self.opt_g, self.scaler_g, inputs=self.g_params)
@@ -251,10 +261,11 @@ class Trainer:
             return self._run()
         finally:
             torch.set_num_threads(threads)
+            self.dist.close()
 
     def _run(self) -> dict:
         cfg = self.cfg
-        if not cfg.resume:
+        if not cfg.resume and self.dist.writer:
             if cfg.overwrite:
                 rundir.clear(self.out)
             self.mlog.start_fresh()
@@ -263,7 +274,8 @@ class Trainer:
             backend_ctx = gan_fast.use_backend(cfg.backend)
         else:
             backend_ctx = contextlib.nullcontext()
-        printer = Printer(cfg.steps, min(self.step, cfg.steps), cfg.progress)
+        printer = Printer(cfg.steps, min(self.step, cfg.steps),
+                          cfg.progress and self.dist.writer)
         start_step = self.step
         self.g.train()
         self.d.train()
@@ -278,7 +290,7 @@ class Trainer:
             with backend_ctx, stop:
                 while self.step < cfg.steps and stop.received is None:
                     real, z = self._next_inputs()
-                    self.mlog.add(step_fn(real, z))
+                    self.mlog.add(self.dist.mean(step_fn(real, z)))
                     self.step += 1
                     clock.steps += 1
                     printer.update()
@@ -312,7 +324,10 @@ class Trainer:
             "device": str(self.device), "layers": cfg.layers, "loss": cfg.loss,
             "loss_impl": cfg.loss_impl, "dtype": cfg.dtype, "data": self.data.name,
             "images": len(self.data), "out": str(self.out),
+            "processes": self.dist.world, "global_batch_size": cfg.batch_size,
         }
+        if not self.dist.writer:
+            return summary
         if cfg.eval and cfg.eval_samples > 0:
             summary["eval"] = self.evaluate(cfg.eval_samples)
         ckpt_mod.atomic_save_text(json.dumps(summary, indent=2) + "\n", self.out / SUMMARY)
@@ -327,7 +342,7 @@ class Trainer:
         timing = clock.lap() if record else None
         with clock.excluded():
             self._check_finite()
-            if record:
+            if record and self.dist.writer:
                 rec = self.mlog.write(self.step, self.order.epoch, timing)
                 if rec is not None:
                     printer.log(rec)
@@ -351,9 +366,11 @@ class Trainer:
 
     def _save_samples(self, name: str) -> None:
         """Grid of G(fixed noise), BatchNorm on the batch's statistics as in the example,
-        computed on a copy of G so that its running statistics stay untouched."""
+        computed on a copy of G so that its running statistics stay untouched (rank 0)."""
+        if not self.dist.writer:
+            return
         with torch.no_grad():
-            g = copy.deepcopy(self.g).train()
+            g = distributed.local_copy(self.g, self.dist).train()
             x = g(self.fixed_noise.to(self.device).contiguous(memory_format=self.mf))
         save_grid(x.float(), self.out / name)
         save_grid(x.float(), self.out / "samples_latest.png")
@@ -363,7 +380,7 @@ class Trainer:
         class histogram of this G's samples."""
         from gan_fast.train.metrics import Evaluator
         ev = Evaluator(self.data.images, self.device)
-        result = ev.score_generator(self.g, n, self.cfg.nz)
+        result = ev.score_generator(distributed.local_copy(self.g, self.dist), n, self.cfg.nz)
         g0, _ = build_models(self.cfg.nz, self.cfg.ngf, self.cfg.ndf, self.nc,
                              self.cfg.image_size, seed=self.cfg.seed)
         base = ev.score_generator(g0.to(self.device), n, self.cfg.nz)
