@@ -42,8 +42,8 @@ def test_capture_reaches_every_kernel_and_the_rule_prunes_per_target():
             # fp32 is TF32 on the GPU (the library's default), never the interpreter's upcast
             precs = {v for j in gemm for v in j["constexprs"].values() if v in ("tf32", "ieee")}
             assert precs == {"tf32", "ieee"}, precs   # ieee: bf16 operands
-        big = conv_fwd.GEMM_CONFIGS[0]   # 128x128x64, 3 stages
-        assert not _targets.fits(big, 80, 4, 4) and _targets.fits(big, 90, 2, 2)
+        wide = conv_fwd.GEMM_CONFIGS[1]   # 128x128x32, 8 warps, 4 stages
+        assert not _targets.fits(wide, 80, 4, 4) and _targets.fits(wide, 90, 2, 2)
         print("ok")
     """)
     assert "ok" in out
@@ -72,6 +72,42 @@ def test_gemm_uses_tensor_cores_on_both_targets():
             row = aot.compile_job(min(jobs, key=lambda j: j["smem_est"]))
             assert row["error"] is None and row["mma"] == want, row
             assert aot.problems(row) == [], aot.problems(row)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_rule_for_gemms_with_an_operand_rebuilt_from_grad_out_and_y():
+    """dgrad/wgrad rebuild dy from (grad_out, y) in registers: at most 3 stages; a strided
+    (not channels-contiguous) rebuilt operand costs more registers; when nothing fits, the
+    fallback keeps whole warp groups on sm_90 (wgmma), not a 2-warp tile."""
+    out = _py("""
+        import torch
+        from gan_fast.kernels.triton import _targets, conv_bwd, conv_fwd
+        cfg = conv_fwd._cfg
+        assert not _targets.fits(cfg(128, 64, 32, 8, 4), 80, 2, 2, a_tiles=2)
+        assert _targets.fits(cfg(128, 64, 32, 8, 3), 80, 2, 2, a_tiles=2)
+        assert _targets.fits(cfg(128, 64, 32, 8, 4), 80, 2, 2)          # forward: no limit
+        assert _targets.fits(cfg(64, 64, 32, 4, 3), 80, 2, b_tiles=2)
+        assert not _targets.fits(cfg(64, 64, 32, 4, 3), 80, 2, b_tiles=2, strided=True)
+        assert _targets.fits(cfg(128, 64, 32, 8, 3), 80, 2, b_tiles=2, strided=True)
+        assert not _targets.fits(cfg(128, 64, 32, 8, 3), 80, 4, 4, a_tiles=2)   # fp32 dgrad: 4 warps
+        assert _targets.fits(cfg(64, 64, 32, 4, 3), 90, 4, 4, a_tiles=2)
+        # every (dtype, layout) of both kernels keeps a config on both targets (the dgrad's
+        # pruning says strided only for 2-byte dtypes: fp32 elements go by cp.async)
+        cases = [(conv_fwd.GEMM_CONFIGS, dict(a_tiles=2), 2, True)]
+        cases += [(confs, kw, nbytes, False) for nbytes in (2, 4)
+                  for confs, kw in ((conv_fwd.GEMM_CONFIGS, dict(a_tiles=2)),
+                                    (conv_bwd.WGRAD_CONFIGS, dict(b_tiles=2)))]
+        cases += [(conv_bwd.WGRAD_CONFIGS, dict(b_tiles=2), nbytes, True) for nbytes in (2, 4)]
+        for cap in (80, 90):
+            for confs, kw, nbytes, strided in cases:
+                kept = [c for c in confs if _targets.fits(c, cap, nbytes, nbytes, strided=strided, **kw)]
+                assert kept, (cap, nbytes, strided, kw)
+        with _targets.target(90):
+            kept = _targets.prune_to_target([cfg(64, 32, 32, 2, 4), cfg(128, 128, 64, 8, 3)],
+                                            torch.device("cpu"), 4, a_tiles=2)
+        assert [c.num_warps for c in kept] == [8], kept
         print("ok")
     """)
     assert "ok" in out

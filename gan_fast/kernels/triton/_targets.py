@@ -16,8 +16,8 @@ import contextlib
 # "compute capabilities" table: 163 KB on 8.0/8.7, 99 KB on 8.6/8.9/12.x, 227 KB on 9.0/10.x).
 SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448,
               100: 232448, 103: 232448, 120: 101376}
-DEFAULT_SMEM_LIMIT = 101376
-STATIC_SMEM = 1024            # what a Triton kernel holds besides its buffers (cuobjdump SHARED)   # unknown capability: the smallest of the recent ones
+DEFAULT_SMEM_LIMIT = 101376     # unknown capability: the smallest of the recent ones
+STATIC_SMEM = 1024            # what a Triton kernel holds besides its buffers (cuobjdump SHARED)
 # Streaming multiprocessors of the usual part of each target (A100, H100 SXM), used
 # only when compiling ahead of time without a device.
 TARGET_SMS = {80: 108, 90: 132}
@@ -86,46 +86,77 @@ def gemm_smem_bytes(cfg, a_bytes: int, b_bytes: int | None = None, a_tiles: int 
 
 
 REG_BUDGET = 80   # register cost (below) above which sm_80/sm_90a compiles spilled (gan-fast aot)
+REBUILT_BUDGET = 96   # the same for GEMMs with an operand rebuilt from two tensors (dgrad, wgrad)
+REBUILT_MAX_STAGES = 3
 
 
-def reg_cost(cfg, a_tiles: int = 1, b_tiles: int = 1, nbytes: int = 2) -> int:
+def reg_cost(cfg, a_tiles: int = 1, b_tiles: int = 1, nbytes: int = 2, strided: bool = False) -> int:
     """Per-thread register pressure, in 32-bit values: the fp32 accumulator, half of the
-    A and B tiles as loaded, and twice an operand rebuilt from two tensors (grad_out and
-    y, both held in fp32 while dy is formed). Calibrated on the spills that gan-fast aot
-    found (e.g. 128x64x64 with 4 warps: 112, spills on sm_80; 128x128x64 with 8: 96, none;
-    the fp32 wgrad 64x64x32 with 4 warps spilled at 80 before the fp32 factor)."""
+    A and B tiles as loaded (twice that for fp32/TF32 operands), and, for an operand
+    rebuilt from two tensors (dy from grad_out and y, both fp32 in registers while dy is
+    formed, whatever the dtype), 2 values per element, or 4 when those loads go to
+    registers one element at a time (``strided``, the caller says: grad_out/y not
+    contiguous along the channels, NCHW or a 1x1 input; in the dgrad only for 2-byte
+    dtypes, whose elements are below cp.async's 4 bytes).
+    Calibrated on what gan-fast aot measured: 128x64x64 with 4 warps (112) spills on
+    sm_80, 128x128x64 with 8 (96) does not; the strided wgrad of G1 (ConvTranspose from
+    1x1) spills at 64x64x32/4 warps (112) and 64x128x32/8 (108), not at 128x64x32/8 (76)."""
     kw = cfg.kwargs
     bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
     t = 32 * cfg.num_warps
     a, b = bm * bk // t, bk * bn // t
     rebuilt = (a if a_tiles > 1 else 0) + (b if b_tiles > 1 else 0)
     scale = max(nbytes, 2) // 2   # fp32/TF32 operands hold twice the registers
-    return bm * bn // t + scale * ((a + b) // 2 + 2 * rebuilt)
+    return bm * bn // t + scale * ((a + b) // 2) + (4 if strided else 2) * rebuilt
 
 
 def fits(cfg, cap: int | None, a_bytes: int, b_bytes: int | None = None, a_tiles: int = 1,
-         b_tiles: int = 1) -> bool:
+         b_tiles: int = 1, strided: bool = False) -> bool:
     """The rule: a config is kept for a target iff its shared memory fits the target, its
-    register cost is within REG_BUDGET, its warps make whole warp groups on sm_90+ (wgmma),
-    and, for 4-byte (fp32/TF32) operands, its K tile
-    is at most 32 wide (128 bytes a row; wider fp32 tiles spill)."""
-    if a_bytes >= 4 and cfg.kwargs["BLOCK_K"] > 32:
-        return False
+    register cost is within REG_BUDGET (REBUILT_BUDGET with a rebuilt operand), its warps
+    make whole warp groups on sm_90+ (wgmma), for 4-byte (fp32/TF32) operands its K tile
+    is at most 32 wide (128 bytes a row; wider fp32 tiles spill), and with an operand
+    rebuilt from two tensors it has at most REBUILT_MAX_STAGES stages (ptxas holds the
+    rebuilt operand's next loads in registers per stage: 128x64x32/8 warps spills 16 B
+    with 4 stages on sm_80, none with 3)."""
     if cap is not None and cap >= 90 and cfg.num_warps % 4:
         return False   # wgmma needs whole warp groups: a 2-warp tile falls back to mma.sync
-    if reg_cost(cfg, a_tiles, b_tiles, a_bytes) > REG_BUDGET:
+    if not _shape_ok(cfg, a_bytes, a_tiles, b_tiles):
+        return False
+    budget = REBUILT_BUDGET if a_tiles > 1 or b_tiles > 1 else REG_BUDGET
+    if reg_cost(cfg, a_tiles, b_tiles, a_bytes, strided) > budget:
         return False
     limit = smem_limit(cap)
     return limit is None or gemm_smem_bytes(cfg, a_bytes, b_bytes, a_tiles, b_tiles) <= limit
 
 
+def _shape_ok(cfg, a_bytes: int, a_tiles: int, b_tiles: int) -> bool:
+    """The register-independent part of the rule for tile shapes and stages."""
+    if a_bytes >= 4 and cfg.kwargs["BLOCK_K"] > 32:
+        return False
+    if a_tiles > 1 or b_tiles > 1:
+        if cfg.num_stages > REBUILT_MAX_STAGES:
+            return False
+        # fp32 dgrad (rebuilt A): ptxas gives 8-warp blocks 80-128 registers and spills on
+        # sm_80 (64x128x32: 8 B on D3/D4 channels_last, 128x64x32: 12 B on D2 NCHW,
+        # 64x64x32: 4 B on G2 NCHW); 64x64x32 with 4 warps holds 151-156, no spill
+        if a_bytes >= 4 and a_tiles > 1 and cfg.num_warps > 4:
+            return False
+    return True
+
+
 def prune_to_target(configs, device, a_bytes: int, b_bytes: int | None = None, a_tiles: int = 1,
-                    b_tiles: int = 1):
-    """``configs`` less those that cannot fit the device's target (never empty: the
-    smallest config is kept, so a launch fails loudly rather than silently). Off the GPU
+                    b_tiles: int = 1, strided: bool = False):
+    """``configs`` less those that cannot fit the device's target (never empty: if none
+    fits, the one nearest the rule is kept, and gan-fast aot reports what it costs). Off the GPU
     (the interpreter) nothing is dropped."""
     cap = capability(device)
     if cap is None:
         return list(configs)
-    kept = [c for c in configs if fits(c, cap, a_bytes, b_bytes, a_tiles, b_tiles)]
-    return kept or [min(configs, key=lambda c: gemm_smem_bytes(c, a_bytes, b_bytes, a_tiles, b_tiles))]
+    kept = [c for c in configs if fits(c, cap, a_bytes, b_bytes, a_tiles, b_tiles, strided)]
+    # none fits: the config nearest the rule (whole warp groups on sm_90+, then the shape
+    # and stage limits, then the fewest registers), so a launch still runs
+    return kept or [min(configs, key=lambda c: (cap >= 90 and c.num_warps % 4 != 0,
+                                                 not _shape_ok(c, a_bytes, a_tiles, b_tiles),
+                                                 reg_cost(c, a_tiles, b_tiles, a_bytes, strided),
+                                                 gemm_smem_bytes(c, a_bytes, b_bytes, a_tiles, b_tiles)))]

@@ -33,9 +33,11 @@ else:
         _cfg(64, 64, 32, 4, 5),
         _cfg(32, 64, 64, 4, 4),
         _cfg(64, 32, 64, 4, 4),
-        # 8-warp tiles with a narrow K, kept by the register rule (_targets.fits)
-        _cfg(128, 64, 32, 8, 4),
-        _cfg(64, 128, 32, 8, 4),
+        # Narrow-K tiles with at most 3 stages, kept by the rule (_targets.fits) for dy
+        # rebuilt from grad_out and y: 8 warps, and 4 warps (fp32, narrow outputs)
+        _cfg(128, 64, 32, 8, 3),
+        _cfg(64, 128, 32, 8, 3),
+        _cfg(64, 64, 32, 4, 3),
     ]
 
 
@@ -43,7 +45,11 @@ def _prune_wgrad(configs, named_args, **kwargs):
     """Drop configs that cannot fit the target (``_targets.fits``), then tiles wider than
     the channel counts."""
     x = named_args["x_ptr"]
-    configs = _targets.prune_to_target(configs, x.device, x.element_size(), b_tiles=2)
+    # grad_out/y not contiguous along the channels: their gathered rows are loaded into
+    # registers (ld.global, not cp.async) in every dtype
+    strided = named_args["s_gc"] != 1 or named_args["s_yc"] != 1
+    configs = _targets.prune_to_target(configs, x.device, x.element_size(), b_tiles=2,
+                                       strided=strided)
     mmax = max(32, _next_pow2(named_args["C_X"]))
     nmax = max(32, _next_pow2(named_args["C_Y"]))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= mmax and c.kwargs["BLOCK_N"] <= nmax]
@@ -194,7 +200,8 @@ def _wgrad_step(acc, q0, q_hi, x_ptr, g_ptr, y_ptr, offs_x, x_ok, offs_y, y_ok,
 
 @triton.autotune(
     configs=WGRAD_CONFIGS,
-    key=["N", "C_X", "C_Y", "QH", "QW", "GH", "GW", "KH", "KW", "SPLIT", "GATHER_X"],
+    key=["N", "C_X", "C_Y", "QH", "QW", "GH", "GW", "KH", "KW", "SPLIT", "GATHER_X",
+         "s_gc", "s_yc"],   # strides: the rule's `strided`
     prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_wgrad},
 )
 @triton.jit

@@ -65,10 +65,12 @@ else:
         _cfg(64, 64, 32, 4, 5),
         _cfg(128, 32, 32, 4, 4),
         _cfg(64, 32, 32, 2, 4),
-        # 8-warp tiles with a narrow K: what the rule (_targets.fits) keeps for the dgrad
-        # GEMM, whose prologue holds grad_out and y in fp32 registers
-        _cfg(128, 64, 32, 8, 4),
-        _cfg(64, 128, 32, 8, 4),
+        # Narrow-K tiles with at most 3 stages: what the rule (_targets.fits) keeps for
+        # the dgrad GEMM, whose prologue holds grad_out and y in fp32 registers (8 warps;
+        # 4 warps for fp32, a whole warp group for wgmma on sm_90a)
+        _cfg(128, 64, 32, 8, 3),
+        _cfg(64, 128, 32, 8, 3),
+        _cfg(64, 64, 32, 4, 3),
     ]
 MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in GEMM_CONFIGS)
 
@@ -81,8 +83,13 @@ def _prune_gemm(configs, named_args, **kwargs):
     """Drop configs that cannot fit the target's shared memory (``_targets.fits``, the
     rule ``gan_fast.aot`` checks), then tiles much wider than the problem."""
     a, w = named_args["a_ptr"], named_args["w_ptr"]
+    prologue = bool(kwargs.get("PROLOGUE"))
+    # grad_out/y not contiguous along the channels: 2-byte elements are loaded one by one
+    # into registers (cp.async copies 4 bytes at least); fp32 ones still go by cp.async
+    strided = (prologue and a.element_size() < 4
+               and (named_args["s_ac"] != 1 or named_args["s_yc"] != 1))
     configs = _targets.prune_to_target(configs, a.device, a.element_size(), w.element_size(),
-                                       a_tiles=2 if kwargs.get("PROLOGUE") else 1)
+                                       a_tiles=2 if prologue else 1, strided=strided)
     c_a, c_out = named_args["C_A"], named_args["C_OUT"]
     kmax = max(16, _next_pow2(c_a))
     nmax = max(32, _next_pow2(c_out))
@@ -148,7 +155,7 @@ def _gemm_step(acc, it, n_cblk, a_ptr, y_ptr, coef_ptr, w_ptr, a_img, y_img, oh,
 @triton.autotune(
     configs=GEMM_CONFIGS,
     key=["N", "C_A", "H", "W", "C_OUT", "OH", "OW", "KH", "KW",
-         "TRANSPOSED", "PROLOGUE", "EPILOGUE"],
+         "TRANSPOSED", "PROLOGUE", "EPILOGUE", "s_ac", "s_yc"],   # strides: the rule's `strided`
     prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_gemm},
 )
 @triton.jit
