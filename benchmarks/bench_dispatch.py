@@ -17,6 +17,9 @@ Cases (stock = the layers gan_fast replaces, with the same parameters):
 * ``*-fuse``: the same four, the fused side being ``gan_fast.fuse`` applied to the
   stock ``nn.Sequential`` (that path must cost no more than the blocks); the
   torch.compile variants are timed in the cases without ``-fuse`` only;
+* ``*-conv-only``: the stock convolution alone (no fused variant): the share of a
+  block's host time that is the convolution itself, the same call on both sides, so
+  fused / stock cannot go below conv / stock;
 * ``bce-g``: ``GANLoss('bce', 'g')`` vs ``F.binary_cross_entropy_with_logits(x, ones)``,
   ``bce-d``: ``GANLoss('bce', 'd')`` vs the trainer's stock two-term BCE
   (``benchmarks.bench_gan_loss.stock_loss``), forward + backward.
@@ -42,7 +45,8 @@ THREADS = 1
 BLOCKS = {"G": (True, 2, 4, 0.0), "D": (False, 4, 2, 0.2)}
 
 
-def _block(which: str, train: bool, via_fuse: bool, device: str, seed: int, variant) -> Bench:
+def _block(which: str, train: bool, via_fuse: bool, device: str, seed: int, variant,
+           conv_only: bool = False) -> Bench:
     transposed, hin, hout, slope = BLOCKS[which]
     gen = seeded(seed, device)
     conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(C, C, 4, 2, 1, bias=False)
@@ -52,8 +56,8 @@ def _block(which: str, train: bool, via_fuse: bool, device: str, seed: int, vari
         bn.weight.copy_(1.0 + 0.02 * torch.randn(C, generator=gen))
         bn.bias.copy_(0.02 * torch.randn(C, generator=gen))
     act = nn.ReLU() if slope == 0 else nn.LeakyReLU(slope)
-    block = nn.Sequential(conv, bn, act)
-    if variant.fused:
+    block = nn.Sequential(conv, bn, act) if not conv_only else nn.Sequential(conv)
+    if variant.fused and not conv_only:
         if via_fuse:
             import gan_fast
             block = gan_fast.fuse(block, verbose=False)
@@ -94,6 +98,12 @@ def _loss(side: str, device: str, seed: int, variant) -> Bench:
                  grad_out=lambda s: None, pre_iter=variant.pre_iter())
 
 
+def _stock_only(variant, opts: Options):
+    if variant.fused or variant.is_compiled:
+        return "the convolution alone: the floor both sides share, timed stock only"
+    return None
+
+
 def _compiled_elsewhere(variant, opts: Options):
     if variant.is_compiled:
         return "the torch.compile variants of this block are timed in the case without -fuse"
@@ -122,6 +132,18 @@ def cases(opts: Options) -> list[Case]:
                     variant_filter=_compiled_elsewhere if via_fuse else None,
                     **common))
                 i += 1
+    for which, (transposed, hin, hout, slope) in BLOCKS.items():
+        for train in (True, False):  # the convolution alone: the same call on both sides
+            out.append(Case(
+                label=f"{which}-{'train' if train else 'eval'}-conv-only",
+                modes=("fwd+bwd",) if train else ("fwd",),
+                build=functools.partial(_block, which, train, False, opts.device, opts.seed,
+                                        conv_only=True),
+                shape=f"({N},{C},{hin},{hin})->({N},{C},{hout},{hout})",
+                describe=f"{'ConvTranspose2d' if transposed else 'Conv2d'} alone (stock): "
+                         "the part of a block's host time that fusing cannot remove",
+                fmt="nchw", priority=(0, 0, 4, i), variant_filter=_stock_only, **common))
+            i += 1
     for side in ("g", "d"):
         out.append(Case(
             label=f"bce-{side}", modes=("fwd+bwd",),

@@ -21,11 +21,15 @@ def _opts(**kw):
 def test_cases():
     cases = {c.label: c for c in runner.plan(_opts())}
     assert set(cases) == {"G-train", "G-eval", "D-train", "D-eval", "G-train-fuse", "G-eval-fuse",
-                          "D-train-fuse", "D-eval-fuse", "bce-g", "bce-d"}
+                          "D-train-fuse", "D-eval-fuse", "bce-g", "bce-d", "G-train-conv-only",
+                          "G-eval-conv-only", "D-train-conv-only", "D-eval-conv-only"}
     assert all(c.threads == 1 and c.interleaved and c.op == "dispatch" for c in cases.values())
     assert cases["G-eval"].modes == ("fwd",) and cases["D-train"].modes == ("fwd+bwd",)
     compiled = variants.parse("compile")
     assert cases["G-train-fuse"].variant_filter(compiled, _opts()) and cases["G-train"].variant_filter is None
+    fused, eager = variants.parse("gan_fast:cpu"), variants.parse("eager")
+    only = cases["D-eval-conv-only"].variant_filter
+    assert only(fused, _opts()) and only(eager, _opts()) is None
 
 
 @pytest.mark.parametrize("label", ["bce-g", "bce-d", "G-train", "D-eval", "D-train-fuse"])
