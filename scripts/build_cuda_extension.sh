@@ -40,8 +40,16 @@ fi
 PY="$VENV/bin/python"
 export PATH="$VENV/bin:$PATH"
 if [ -z "${CUDA_HOME:-}" ]; then
+  # the toolkit root: where include/cuda_runtime.h is. Not simply nvcc's parent: on this
+  # machine /usr/local/bin/nvcc is a wrapper script (exec /usr/local/cuda-13.0/bin/nvcc),
+  # so that gave CUDA_HOME=/usr/local and the host compile of bindings_cuda.cpp failed on
+  # "cuda_runtime.h: No such file or directory" (2026-12-01).
   NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  CUDA_HOME=$(cd "$(dirname "$(readlink -f "$NVCC")")/.." && pwd)
+  for c in "$(dirname "$(readlink -f "$NVCC")")/.." \
+           "$(sed -n 's|^exec \(/[^ ]*\)/bin/nvcc .*|\1|p' "$NVCC" 2>/dev/null | head -n 1)" /usr/local/cuda; do
+    [ -n "$c" ] && [ -f "$c/include/cuda_runtime.h" ] && { CUDA_HOME=$(cd "$c" && pwd); break; }
+  done
+  [ -n "${CUDA_HOME:-}" ] || { echo "FAIL: no CUDA toolkit with include/cuda_runtime.h (set CUDA_HOME)"; exit 1; }
   export CUDA_HOME
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
