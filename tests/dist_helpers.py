@@ -1,9 +1,10 @@
 """Run a function in N gloo processes (torch.multiprocessing spawn), with a free port and
-a time limit; a failure in any rank fails the test with that rank's traceback."""
+a time limit; a failure in any rank fails the test with that rank's traceback.
+TRITON_INTERPRET (set by conftest on CPU-only machines) reaches the children through
+os.environ."""
 from __future__ import annotations
 
 import datetime
-import os
 import socket
 import time
 
@@ -40,8 +41,3 @@ def run_ranks(fn, world: int, *args, timeout: float = 600.0) -> None:
                     p.kill()
             pytest.fail(f"{fn.__name__} in {world} processes took over {timeout:.0f} s")
 
-
-def env_for_children():
-    """TRITON_INTERPRET (set by conftest on CPU-only machines) reaches spawned children
-    through os.environ; nothing else is needed."""
-    return {k: os.environ[k] for k in ("TRITON_INTERPRET",) if k in os.environ}
