@@ -94,8 +94,9 @@ def _choose(x: Tensor, conv, bn):
     device_type = x.device.type
     name = backends.resolve_name(device_type, x.dtype)
     run = _cpp(_cpp_op(), device_type) if name in ("cpu", "cuda") else _unfused
-    if name == "triton" or conv_block.may_fuse_conv(device_type):
-        run = _with_fused_conv(run)
+    mode = conv_block.fused_conv_mode(device_type)  # decided here, once
+    if mode != "off":
+        run = _with_fused_conv(run, mode)
     return _synced(run) if is_sync(bn) else run
 
 
@@ -191,11 +192,12 @@ def _cpp(op, device_type: str):
     return run
 
 
-def _with_fused_conv(otherwise):
-    """The Triton fused conv where it applies and is chosen, else `otherwise`."""
+def _with_fused_conv(otherwise, mode: str):
+    """The Triton fused conv where it applies and (mode 'measure': auto's timing per block
+    configuration) is chosen, else `otherwise`."""
     from gan_fast.ops.conv_block import fused_block
 
     def run(x, conv, bn, negative_slope):
-        out = fused_block(x, conv, bn, negative_slope)
+        out = fused_block(x, conv, bn, negative_slope, mode=mode)
         return out if out is not None else otherwise(x, conv, bn, negative_slope)
     return run

@@ -217,15 +217,10 @@ def _fused_is_faster(key: tuple) -> bool:
     return backends._choices[k] == "fused"
 
 
-def may_fuse_conv(device_type: str) -> bool:
-    """Whether blocks on `device_type` tensors may run the fused conv under the current
-    backend and GAN_FAST_FUSED_CONV (then fused_block decides per call)."""
-    return _fused_conv_mode(device_type) != "off"
-
-
-def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool) -> bool:
-    """Whether this call runs the fused conv (see the module docstring)."""
-    mode = _fused_conv_mode(x.device.type)
+def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=None) -> bool:
+    """Whether this call runs the fused conv (see the module docstring); `mode`: the
+    _fused_conv_mode a caller decided once (None: decide now)."""
+    mode = mode or _fused_conv_mode(x.device.type)
     if mode != "measure":
         return mode == "on"
     return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats))
@@ -288,8 +283,14 @@ def _run_fused(x: Tensor, conv, bn, negative_slope: float, geometry) -> Tensor:
                             stride, padding, output_padding, bn.eps, negative_slope)
 
 
+def fused_conv_mode(device_type: str) -> str:
+    """'on', 'off' or 'measure': whether blocks on `device_type` tensors run the fused conv
+    under the current backend and GAN_FAST_FUSED_CONV (block_forward decides it once)."""
+    return _fused_conv_mode(device_type)
+
+
 def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
-                output_padding=None) -> Optional[Tensor]:
+                output_padding=None, mode: Optional[str] = None) -> Optional[Tensor]:
     """act(bn(conv(x))) through the fused-conv ops, or None when they do not apply or are
     not chosen (module docstring).
 
@@ -314,6 +315,6 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     if batch_stats and x.shape[0] * oh * ow <= 1:  # the check and message of F.batch_norm
         size = torch.Size((x.shape[0], conv.out_channels, oh, ow))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats):
+    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode):
         return None
     return _run_fused(x, conv, bn, negative_slope, geometry)
