@@ -34,12 +34,17 @@ from .capture import (BATCH, DTYPES, FORMATS, GEMMS, TARGETS, Launch, Layer, cap
 from .compile import _dtype, _spec, compile_job, problems, summary, table  # noqa: F401
 
 
+CI_LAYERS = ("G1", "G2", "D2")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="gan-fast aot", description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default=",".join(TARGETS), help="comma list of sm_80,sm_90a")
     ap.add_argument("--subset", choices=["full", "ci"], default="full",
-                    help="ci: bf16 and fp32, channels_last only (the fast path), every layer, "
-                         "mode and config; full: every dtype and memory format")
+                    help="ci: bf16 and fp32, channels_last only (the fast path), the layers "
+                         f"{','.join(CI_LAYERS)} (ConvTranspose from 1x1, ConvTranspose stride 2, "
+                         "Conv stride 2: every kernel, mode and config; a few minutes on 2 cores); "
+                         "full: every layer, dtype and memory format")
     ap.add_argument("--jobs", type=int, default=2, help="compile processes (default 2)")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     ap.add_argument("--kernels", help="only kernels whose name contains one of these (comma list)")
@@ -58,6 +63,8 @@ def main(argv=None) -> int:
     for t in args.targets.split(","):
         cap = TARGETS[t.strip()]
         layers = dcgan_layers()
+        if args.subset == "ci":
+            layers = [L for L in layers if L.name in CI_LAYERS]
         if args.layers:
             layers = [L for L in layers if L.name in args.layers.split(",")]
         jobs += jobs_for(cap, capture(cap, layers=layers, dtypes=dtypes, formats=formats))
