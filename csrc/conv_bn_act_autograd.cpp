@@ -18,6 +18,7 @@
 #include <ATen/FuncTorchTLS.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
@@ -95,7 +96,8 @@ struct BlockBackward : torch::autograd::Node {
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    const Tensor x = x_.unpack(), w = w_.unpack(), y = y_.unpack();
+    const Tensor x = x_.unpack(), w = w_.unpack();
+    Tensor y = y_.unpack();
     const Tensor mean = mean_.unpack(), var = var_.unpack();
     const optional<Tensor> b = opt(b_.unpack()), bn_w = opt(bn_w_.unpack()),
                            bn_b = opt(bn_b_.unpack());
@@ -121,8 +123,14 @@ struct BlockBackward : torch::autograd::Node {
       std::tie(gy, gbw, gbb) = bwd_op().call(grads[0].contiguous(format_of(y)), y, bn_w, bn_b,
                                              mean, var, eps_, slope_, batch_stats_);
     }
+    // y and grad_out are dead now: free them before the convolution's backward allocates
+    // grad_x, as the engine frees a stock BatchNorm node's before the conv node runs
+    // (the peak memory of a training step would otherwise hold two more full tensors).
+    const int64_t c_out = y.size(1);
+    y.reset();
+    grads[0].reset();
+    if (!torch::autograd::get_current_graph_task_keep_graph()) y_.reset_data();
     if (need[0] || need[1] || need[2]) {
-      const int64_t c_out = y.size(1);
       const Geometry& g = g_;
       auto [gx, gw, gb] = at::convolution_backward(
           gy, x, w, b ? at::OptionalIntArrayRef(at::IntArrayRef(&c_out, 1)) : std::nullopt,
