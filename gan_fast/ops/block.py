@@ -3,7 +3,9 @@
 ``block_forward(cache, x, conv, bn, negative_slope)`` is what the drop-in modules
 (``gan_fast.nn``) and ``gan_fast.fuse``'s fused convs call. The way to run is decided
 once per (device, dtype, requested backend) and kept in `cache` (a dict owned by the
-module; ``forget(module)`` clears it, as train()/eval() and .to() do):
+module; a module whose layers are replaced clears it, and ``forget(model)`` clears every
+block's, e.g. after changing GAN_FAST_BACKEND or GAN_FAST_FUSED_CONV mid-process). The
+choice depends on nothing else that can change between calls:
 
 * ``cpu`` / ``cuda`` backend: one C++ op, ``gan_fast_C::conv_bn_act_eager``: the stock
   ATen convolution, the fused BatchNorm+activation with the running-statistics update,
@@ -74,7 +76,7 @@ def paths(module: nn.Module) -> dict:
 
 
 def forget(module: nn.Module) -> None:
-    """Drop the cached choice of kernels of `module`'s blocks (after train/eval/.to())."""
+    """Drop the cached choice of kernels of `module`'s blocks (the next call decides again)."""
     for m in module.modules():
         cache = m.__dict__.get("_gan_fast_paths")
         if cache:
