@@ -115,9 +115,9 @@ def _graph_backward(ctx, grad_out, batch_stats):
     """The backward under create_graph=True: differentiable (gan_fast.ops.double_backward);
     None for the gradients not asked for."""
     x, weight, bias, mean, var = ctx.saved_tensors
-    grads = double_backward.bn_act_grads(grad_out, x, weight, bias, mean, var, batch_stats,
-                                         ctx.eps, ctx.negative_slope, ctx.needs_input_grad[:3])
-    return tuple(None if g.numel() == 0 and g.dim() == 1 else g for g in grads)
+    return tuple(double_backward.bn_act_grads(grad_out, x, weight, bias, mean, var, batch_stats,
+                                              ctx.eps, ctx.negative_slope,
+                                              ctx.needs_input_grad[:3]))
 
 
 def _setup_train(ctx, inputs, output):

@@ -173,11 +173,10 @@ def _setup_train(ctx, inputs, output):
 
 def _graph_backward(ctx, grad_out, x, w, b, bn_w, bn_b, mean, var, batch_stats):
     """The backward under create_graph=True: differentiable (gan_fast.ops.double_backward)."""
-    grads = double_backward.conv_bn_act_grads(
+    return tuple(double_backward.conv_bn_act_grads(
         grad_out, x, w, b, bn_w, bn_b, mean, var, ctx.stride, ctx.padding, ctx.output_padding,
         [1, 1], 1, ctx.transposed, batch_stats, ctx.eps, ctx.negative_slope,
-        ctx.needs_input_grad[:5])
-    return tuple(None if g.numel() == 0 and g.dim() == 1 else g for g in grads)
+        ctx.needs_input_grad[:5]))
 
 
 def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var, kernels=None):

@@ -78,8 +78,7 @@ def _graph_grads(ctx, grad_loss):
     """(grad_real, grad_fake) of the loss, differentiable (a backward with create_graph)."""
     real, fake = ctx.saved_tensors[2:]
     needs = [real is not None and ctx.needs_input_grad[-6], ctx.needs_input_grad[-5]]
-    g = double_backward.gan_loss_grads(grad_loss, real, fake, *ctx.loss_args, needs)
-    return tuple(None if t.numel() == 0 and t.dim() == 1 else t for t in g)
+    return tuple(double_backward.gan_loss_grads(grad_loss, real, fake, *ctx.loss_args, needs))
 
 
 def _backward(ctx, grad_loss, _g1, _g2):
