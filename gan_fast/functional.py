@@ -114,10 +114,6 @@ def _block(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, strid
     c = weight.shape[1] * groups if transposed else weight.shape[0]
     _checks.per_channel(c, "the conv's output", running_mean=running_mean,
                         running_var=running_var, bn_weight=bn_weight, bn_bias=bn_bias)
-    if isinstance(padding, str):  # 'same' / 'valid': the stock conv, then bn_act
-        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        return bn_act(y, running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
-                      negative_slope, num_batches_tracked)
     conv = ConvSpec(weight, bias, _pair(stride), _pair(padding), _pair(output_padding),
                     _pair(dilation), groups, transposed)
     bn = BatchNormSpec(running_mean, running_var, bn_weight, bn_bias, training, momentum, eps,
@@ -126,6 +122,10 @@ def _block(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, strid
 
 
 def _pair(v):
+    """An int or a pair as [int, int]; a string padding ('same', 'valid') as it is (the
+    stock conv takes it, or refuses it as stock does for transposed convs)."""
+    if isinstance(v, str):
+        return v
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 

@@ -61,3 +61,20 @@ def test_triton_block_is_one_autograd_function_in_eager_mode():
     assert type(out.grad_fn).__name__ == "TrainEagerBackward"
     out.sum().backward()
     assert x.grad is not None and block[0].weight.grad is not None
+
+
+def test_string_padding_goes_to_the_stock_conv(backend):
+    """'same' padding: conv2d_bn_act computes it as stock; conv_transpose2d_bn_act refuses it
+    as F.conv_transpose2d does (it once ran F.conv2d with the transposed weight)."""
+    name, device = backend
+    dtype = torch.float64 if name in ("cpu", "reference") else torch.float32
+    x = torch.randn(2, 4, 5, 5, device=device, dtype=dtype)
+    w = torch.randn(4, 4, 3, 3, device=device, dtype=dtype)
+    with gan_fast.use_backend(name):
+        got = functional.conv2d_bn_act(x, w, None, None, None, padding="same", training=True)
+        with pytest.raises(TypeError, match="padding"):
+            functional.conv_transpose2d_bn_act(x, w, None, None, None, padding="same",
+                                               training=True)
+    want = F.leaky_relu(F.batch_norm(F.conv2d(x, w, None, 1, "same"), None, None, training=True),
+                        0.2)
+    torch.testing.assert_close(got, want)

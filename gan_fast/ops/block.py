@@ -31,9 +31,6 @@ from torch import Tensor, nn
 
 from gan_fast import _checks, backends
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
 def bn_mode(bn: nn.BatchNorm2d):
     """BatchNorm2d.forward's rule, the one definition of it in gan_fast:
     (batch_stats, running_mean, running_var, num_batches_tracked, momentum), where the
@@ -91,7 +88,7 @@ def _cpp_op():
 def _choose(x: Tensor, conv, bn):
     """The function that runs this block for tensors like x under the current backend."""
     from gan_fast.ops import conv_block
-    if x.dtype not in _DTYPES or bn.num_features != conv.out_channels:
+    if x.dtype not in _checks.FLOAT_DTYPES or bn.num_features != conv.out_channels:
         return _unfused  # the stock conv / BatchNorm raise their own errors
     device_type = x.device.type
     name = backends.resolve_name(device_type, x.dtype)
