@@ -146,8 +146,7 @@ class EagerLoss:
         if torch.compiler.is_compiling():
             return gan_loss(real, fake, *self.args)[0]
         cur = self._cur
-        if (cur[0] != (backends.generation if _HAS_GENERATION else backends.requested())
-                or cur[1] != threading.get_ident()):
+        if cur[0] != backends.generation or cur[1] != threading.get_ident():
             cur = self._refresh()
         fn = cur[2].get((fake.device, fake.dtype))
         if fn is None:
@@ -156,7 +155,7 @@ class EagerLoss:
 
     def _refresh(self):
         # the token before the name: a switch in between makes the next call refresh again
-        token = backends.generation if _HAS_GENERATION else backends.requested()
+        token = backends.generation
         name = backends.requested()
         self._cur = cur = (token, threading.get_ident(), self._by_name.setdefault(name, {}), name)
         return cur
@@ -174,11 +173,6 @@ class EagerLoss:
         fn = getattr(be, "gan_loss_eager", None) or functools.partial(_call_function, be)
         fns[(fake.device, fake.dtype)] = fn
         return fn
-
-
-# backends.generation moves whenever the requested backend may change; without it (an
-# older backends module) the requested name itself is compared, read every call
-_HAS_GENERATION = hasattr(backends, "generation")
 
 
 def _call_function(be, real, fake, *args):

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from gan_fast import _checks
 from gan_fast.ops import bn_act as _bn_act
 from gan_fast.ops.block import bn_mode
 
@@ -61,8 +62,7 @@ def apply(y: Tensor, bn, negative_slope: float, sync) -> Tensor:
         raise ValueError(f"expected a 4D input (N, C, H, W), got {y.dim()}D")
     if y.shape[1] == 0:
         raise ValueError("SyncBatchNorm number of input channels should be non-zero")
-    if not bn.eps > 0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {bn.eps}")
+    _checks.bn_eps(bn.eps, True)
     _, running_mean, running_var, nbt, momentum = bn_mode(bn)
     return _SyncBNAct.apply(y, bn.weight, bn.bias, running_mean, running_var, nbt, momentum,
                             bn.eps, float(negative_slope), sync[0], sync[1])
