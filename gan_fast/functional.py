@@ -73,6 +73,46 @@ def _empty_batch(x, running_mean, running_var, weight, bias, use_batch_stats, tr
                         negative_slope)
 
 
+def in_act(x: Tensor, running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None,
+           weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+           use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+           negative_slope: float = 0.0) -> Tensor:
+    """LeakyReLU(InstanceNorm2d(x)): ``F.leaky_relu(F.instance_norm(...), negative_slope)``
+    on the fused bn_act kernels (``ops/in_act.py``), with F.instance_norm's arguments.
+
+    x: (N, C, H, W), float32/float16/bfloat16 (float64 on CPU). running_mean/running_var,
+    weight, bias: (C,) or None. use_input_stats (training, or track_running_stats=False):
+    each (sample, channel) plane is normalised by its own mean and biased variance, and the
+    running statistics, if given, move towards the batch's average (momentum as a float;
+    InstanceNorm2d passes 0.0 for None); else the running statistics normalise. Returns
+    (N, C, H, W), NCHW-contiguous as stock's.
+    """
+    _checks.tensor("x", x, dim=4)
+    _checks.per_channel(x.shape[1], "x", running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
+    _checks.same_device("x", x, running_mean=running_mean, running_var=running_var,
+                        weight=weight, bias=bias)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if not use_input_stats and running_mean is None:  # stock's rule, in a sentence
+        raise ValueError("use_input_stats=False needs running_mean and running_var "
+                         "(InstanceNorm2d with track_running_stats=True)")
+    _checks.param_dtype("weight", weight, x)
+    _checks.param_dtype("bias", bias, x)
+    _checks.bn_eps(eps, use_input_stats)
+    momentum = _checks.momentum(momentum)
+    if momentum is None:
+        raise TypeError("momentum must be a float for instance norm (InstanceNorm2d passes 0.0 "
+                        "for None)")
+    if use_input_stats and x.shape[2] * x.shape[3] == 1:  # the check and message of F.instance_norm
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.size()}")
+    if x.numel() == 0:  # nothing to normalise: whatever the stock layers do (error or empty)
+        return F.leaky_relu(F.instance_norm(x, running_mean, running_var, weight, bias,
+                                            use_input_stats, momentum, eps), negative_slope)
+    return ops.in_act.in_act(x, weight, bias, running_mean, running_var, use_input_stats,
+                             momentum, eps, negative_slope)
+
+
 def conv2d_bn_act(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None, *,

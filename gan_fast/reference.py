@@ -2,7 +2,7 @@
 
 Two kinds of functions live here:
 
-* oracles (``bn_act``, ``gan_loss_terms``, ``gan_loss``): plain autograd-differentiable
+* oracles (``bn_act``, ``in_act``, ``gan_loss_terms``, ``gan_loss``): plain autograd-differentiable
   compositions, written from the textbook formulas, float64-capable. Tests
   differentiate them with autograd and compare every backend against them.
 * the reference *backend* (``bn_act_train_fwd`` ... ``gan_loss_fwd``): the same
@@ -56,6 +56,41 @@ def bn_act(x, weight, bias, running_mean, running_var, training, momentum, eps,
     z = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + eps)
     if weight is not None:
         z = z * weight.to(x.dtype).view(shape) + bias.to(x.dtype).view(shape)
+    return F.leaky_relu(z, negative_slope)
+
+
+def in_act(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+           negative_slope):
+    """InstanceNorm2d + LeakyReLU from first principles (autograd-differentiable).
+
+    x: (N, C, H, W) any float dtype; each (sample, channel) plane is normalised by its own
+    mean and biased variance over (H, W) when use_input_stats, else by running_mean /
+    running_var (C,). weight/bias: (C,) or None (bias may be None alone, as
+    ``InstanceNorm2d(affine=True, bias=False)``). With use_input_stats and running stats
+    given, running_mean/running_var become ``(1 - m) * r + m * stat`` averaged over the
+    batch (stat: the plane's mean, its unbiased variance), in place, as stock does;
+    num_batches_tracked is never counted (stock InstanceNorm2d does not).
+    """
+    shape = (1, -1, 1, 1)
+    if use_input_stats:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = x.var(dim=(2, 3), unbiased=False, keepdim=True)
+        if running_mean is not None:
+            n = x.shape[2] * x.shape[3]
+            with torch.no_grad():
+                m = momentum
+                new_mean = (1 - m) * running_mean + m * mean.detach().flatten(1).to(running_mean.dtype)
+                unbiased = (var.detach() * (n / (n - 1))).flatten(1).to(running_var.dtype)
+                new_var = (1 - m) * running_var + m * unbiased
+                running_mean.copy_(new_mean.mean(0))
+                running_var.copy_(new_var.mean(0))
+    else:
+        mean, var = running_mean.to(x.dtype).view(shape), running_var.to(x.dtype).view(shape)
+    z = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        z = z * weight.to(x.dtype).view(shape)
+    if bias is not None:
+        z = z + bias.to(x.dtype).view(shape)
     return F.leaky_relu(z, negative_slope)
 
 
