@@ -16,6 +16,7 @@ output:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import NamedTuple
 
@@ -209,11 +210,38 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:160] if text else ''}"
 
 
+class _TracedSyncBatchNorm(nn.BatchNorm2d):
+    """Stands in for an nn.SyncBatchNorm while forward runs on fake tensors: the same call
+    (any input of 2+ dims) without stock's refusal of CPU tensors and without collectives."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+@contextlib.contextmanager
+def _sync_bn_traced_plainly(model):
+    swapped = [m for m in model.modules() if type(m) is nn.SyncBatchNorm]
+    for m in swapped:
+        m.__class__ = _TracedSyncBatchNorm
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = nn.SyncBatchNorm
+
+
 def analyse(model: nn.Module, example_inputs: tuple | None):
     """How forward calls the modules, in training and in eval mode: ``(traces, how)`` with
     traces ``[(mode, [Call, ...]), ...]`` from the first recorder that works (a run on fake
     tensors with example_inputs, a torch.fx trace, a run on a guessed input (N=2, the first
-    conv's in_channels, S x S)), or ``(None, why none did)``."""
+    conv's in_channels, S x S)), or ``(None, why none did)``. Each nn.SyncBatchNorm runs
+    as a plain BatchNorm meanwhile (no process group needed)."""
+    with _sync_bn_traced_plainly(model):
+        return _analyse(model, example_inputs)
+
+
+def _analyse(model, example_inputs):
     failed = []
     if example_inputs is not None:
         try:

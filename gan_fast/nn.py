@@ -26,6 +26,21 @@ def activation_slope(act: nn.Module) -> float:
     raise TypeError(f"activation must be nn.ReLU or nn.LeakyReLU, got {type(act).__name__}")
 
 
+class _NotScriptable:
+    """A gan_fast module: TorchScript cannot compile its forward (Python dispatch to custom
+    and C++ ops). ``torch.jit.script`` calls ``__prepare_scriptable__`` on every module of
+    the tree before it compiles anything, so it stops here with an error that says so
+    rather than deep inside the compiler. torch.jit.trace, torch.compile and torch.export
+    record the ops themselves and are not affected."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"TorchScript (torch.jit.script) is not supported by gan_fast fused modules (this "
+            f"model holds a {type(self).__name__}). Use torch.compile or torch.export, which "
+            "support gan_fast's ops, or script the stock layers: gan_fast.unfuse(model) undoes "
+            "gan_fast.fuse, and a gan_fast.nn block's to_stock() returns its stock layers")
+
+
 def bn_act_from_module(y: Tensor, bn: nn.BatchNorm2d, negative_slope: float) -> Tensor:
     """act(bn(y)) with `bn`'s parameters, buffers and mode, as BatchNorm2d.forward does
     (never synchronised: gan_fast.ops.sync_bn_act.bn_act is SyncBatchNorm's)."""
@@ -60,7 +75,7 @@ def _make_act(negative_slope: float, inplace: bool) -> nn.Module:
     return nn.ReLU(inplace) if negative_slope == 0.0 else nn.LeakyReLU(negative_slope, inplace)
 
 
-class _ConvBNAct(nn.Sequential):
+class _ConvBNAct(_NotScriptable, nn.Sequential):
     """Shared forward of the fused blocks: conv, then the fused BatchNorm+activation."""
 
     @property
@@ -153,7 +168,7 @@ class ConvTranspose2dBNAct(_ConvBNAct):
             _make_act(negative_slope, inplace))
 
 
-class GANLoss(nn.Module):
+class GANLoss(_NotScriptable, nn.Module):
     """A GAN loss with its gradient computed in the same fused kernel.
 
     GANLoss(kind='bce'|'hinge'|'lsgan'|'wgan', side='d'|'g', reduction='mean'|'sum',

@@ -1,5 +1,6 @@
 """gan_fast.fuse / unfuse on models of several layouts."""
 import copy
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ def test_sequential_dcgan(backend):
     name, device = backend
     torch.manual_seed(0)
     stock = dcgan_g().to(device)
-    fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True)
+    fused, report = gan_fast.fuse(copy.deepcopy(stock), return_report=True)
     assert len(report.fused) == 2 and not report.left
     assert isinstance(fused[0], FusedConvTranspose2d) and isinstance(fused[1], AbsorbedBatchNorm2d)
     assert isinstance(fused[2], nn.Identity) and isinstance(fused[7], nn.Tanh)
@@ -74,7 +75,7 @@ def test_sequential_dcgan(backend):
 def test_attribute_layout_shared_and_functional_activations():
     torch.manual_seed(0)
     stock = AttributeBlock()
-    fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True)
+    fused, report = gan_fast.fuse(copy.deepcopy(stock), return_report=True)
     assert isinstance(fused.conv1, FusedConv2d) and isinstance(fused.act1, nn.Identity)
     # conv2/conv3 are fused with BatchNorm only: their activations stay where they are.
     assert isinstance(fused.conv2, FusedConv2d) and fused.conv2._gan_fast_slope == 1.0
@@ -89,10 +90,10 @@ def test_unanalysable_model_fuses_sequential_chains_only_when_assumed():
     forward also calls a chain's layers on their own); now that is an explicit opt-in."""
     torch.manual_seed(0)
     stock = Untraceable()
-    fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True)
+    fused, report = gan_fast.fuse(copy.deepcopy(stock), return_report=True)
     assert type(fused.body[0]) is nn.Conv2d and "not analysed" in report.how
     assert report.left and "assume_sequential=True" in str(report)
-    fused, report = gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True,
+    fused, report = gan_fast.fuse(copy.deepcopy(stock), return_report=True,
                                   assume_sequential=True)
     assert isinstance(fused.body[0], FusedConv2d)
     assert "assume_sequential=True" in report.how
@@ -105,20 +106,20 @@ def test_left_alone_cases():
     hooked = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4), nn.ReLU())
     sync = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU())
     for model in (shared, hooked, sync):
-        _, report = gan_fast.fuse(model, verbose=False, return_report=True)
+        _, report = gan_fast.fuse(model, return_report=True)
         assert not report.fused, str(report)
-    assert "more than once" in str(gan_fast.fuse(copy.deepcopy(shared), verbose=False, return_report=True)[1])
+    assert "more than once" in str(gan_fast.fuse(copy.deepcopy(shared), return_report=True)[1])
 
 
 def test_checkpoints_load_both_ways_and_unfuse():
     torch.manual_seed(0)
     stock = dcgan_g()
     stock(torch.randn(4, 16, 1, 1))  # move the running stats
-    fused = gan_fast.fuse(copy.deepcopy(stock), verbose=False)
+    fused = gan_fast.fuse(copy.deepcopy(stock))
     assert list(fused.state_dict()) == list(stock.state_dict())
     for k, v in stock.state_dict().items():
         assert torch.equal(v, fused.state_dict()[k]), k
-    fresh_stock, fresh_fused = dcgan_g(), gan_fast.fuse(dcgan_g(), verbose=False)
+    fresh_stock, fresh_fused = dcgan_g(), gan_fast.fuse(dcgan_g())
     fresh_stock.load_state_dict(fused.state_dict())
     fresh_fused.load_state_dict(stock.state_dict())
     restored = gan_fast.unfuse(fused)
@@ -128,6 +129,15 @@ def test_checkpoints_load_both_ways_and_unfuse():
 
 
 def test_fuse_is_idempotent():
-    model = gan_fast.fuse(dcgan_g(), verbose=False)
-    _, report = gan_fast.fuse(model, verbose=False, return_report=True)
+    model = gan_fast.fuse(dcgan_g())
+    _, report = gan_fast.fuse(model, return_report=True)
     assert not report.fused
+
+
+def test_report_goes_to_the_log_and_is_printed_only_when_asked(caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="gan_fast"):
+        _, report = gan_fast.fuse(dcgan_g(), return_report=True)
+    assert str(report) in [r.getMessage() for r in caplog.records if r.name == "gan_fast"]
+    assert capsys.readouterr().out == ""
+    gan_fast.fuse(dcgan_g(), verbose=True)
+    assert capsys.readouterr().out.startswith("gan_fast.fuse: fused 2 block(s)")

@@ -126,7 +126,7 @@ def reference():
 
 
 def _fused(stock, **kw):
-    return gan_fast.fuse(copy.deepcopy(stock), verbose=False, return_report=True, **kw)
+    return gan_fast.fuse(copy.deepcopy(stock), return_report=True, **kw)
 
 
 def _assert_same(stock, fused, x, steps=2):
@@ -221,7 +221,7 @@ def test_analysis_changes_no_state():
     g.main.append(nn.Dropout(0.5))
     before, z = copy.deepcopy(g.state_dict()), torch.randn(2, NZ, 1, 1)
     rng = torch.get_rng_state()
-    gan_fast.fuse(g, verbose=False, example_inputs=(z,))
+    gan_fast.fuse(g, example_inputs=(z,))
     assert torch.equal(rng, torch.get_rng_state())
     for k, v in g.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -229,7 +229,7 @@ def test_analysis_changes_no_state():
     sn = nn.Sequential(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4), nn.ReLU())
     sn.eval()(torch.randn(2, 3, 5, 5))
     weight = sn[0].weight
-    gan_fast.fuse(sn, verbose=False, example_inputs=(torch.randn(2, 3, 5, 5),))
+    gan_fast.fuse(sn, example_inputs=(torch.randn(2, 3, 5, 5),))
     assert sn[0].weight is weight  # the hook's tensor attribute, not a fake one from the run
 
 
@@ -238,7 +238,7 @@ def test_analysis_changes_no_state():
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["fused_conv", "absorbed_bn", "absorbed_act"])
 def test_hooks_on_absorbed_modules_raise(register, index):
     """Defect 3: a hook registered after fuse on an absorbed module saw the fused values."""
-    model = gan_fast.fuse(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()), verbose=False)
+    model = gan_fast.fuse(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
     with pytest.raises(RuntimeError, match="register hooks before fuse .* gan_fast.unfuse"):
         getattr(model[index], register)(lambda *a: None)
     with pytest.raises(RuntimeError, match="BatchNorm2d into the conv before it"):
@@ -255,12 +255,12 @@ def test_hooks_present_before_fuse_keep_the_chain_stock(reference):
     for what, index in (("forward", 1), ("full_backward", 1), ("forward_pre", 0)):
         model = copy.deepcopy(stock)
         getattr(model[index], f"register_{what}_hook")(lambda *a: None)
-        fused, report = gan_fast.fuse(model, verbose=False, return_report=True)
+        fused, report = gan_fast.fuse(model, return_report=True)
         assert not report.fused and "hooks" in report.left[0], str(report)
     model = copy.deepcopy(stock)
     seen = []
     model[2].register_forward_hook(lambda m, i, o: seen.append((i[0].clone(), o.clone())))
-    fused, report = gan_fast.fuse(model, verbose=False, return_report=True)
+    fused, report = gan_fast.fuse(model, return_report=True)
     assert isinstance(fused[0], FusedConv2d) and type(fused[2]) is nn.ReLU, str(report)
     assert "activation left in place" in report.fused[0] and "hooks" in report.fused[0]
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
@@ -277,7 +277,7 @@ def test_every_chain_left_has_a_reason():
     subclass = nn.Sequential(nn.Conv2d(3, 4, 3), OwnBatchNorm(4), nn.ReLU())
     unused, alone = OneChain(lambda self, x: x), OneChain(lambda self, x: self.body[0](x))
     for model in (shared, subclass, unused, alone):
-        _, report = gan_fast.fuse(model, verbose=False, return_report=True)
+        _, report = gan_fast.fuse(model, return_report=True)
         assert not report.fused and len(report.left) == 1 and ": " in report.left[0], str(report)
         assert model is not unused or "did not call body.0" in report.left[0]
     assert "does not pass the output of body.0 to body.1" in report.left[0]
