@@ -12,6 +12,9 @@ Every source yields an in-memory float32 tensor of images, (N, C, S, S), scaled 
 
 The order in which images are drawn is owned by :class:`BatchOrder`, whose whole
 state is (seed, epoch, position), so a resumed run draws exactly the same batches.
+
+For ``--model pix2pix`` and ``--model vae``, :func:`split_held_out` sets a tenth of the
+images aside, and :func:`corrupt` makes the (corrupted, clean) pairs of pix2pix's tasks.
 """
 from __future__ import annotations
 
@@ -264,6 +267,46 @@ def load_dataset(source: str, image_size: int = 32, data_dir: Optional[str] = No
     if channels not in (None, 1):
         data.images = data.images.expand(-1, channels, -1, -1).contiguous()
     return data
+
+
+# Pairs for image-to-image training (``--model pix2pix``): (corrupted, clean) ---------
+TASKS = ("inpaint", "denoise")
+HOLE = 3 / 8        # inpaint: a square hole of 3/8 of the side (12x12 at 32x32) ...
+HOLE_FILL = 0.0     # ... filled with mid-grey (the data are in [-1, 1])
+NOISE_STD = 0.5     # denoise: Gaussian noise of std 0.5 (0.25 of the range), clipped
+
+
+def split_held_out(n: int, seed: int, fraction: float = 0.1) -> tuple[torch.Tensor,
+                                                                      torch.Tensor]:
+    """(training indices, held-out indices): a seeded permutation, its last
+    ``fraction`` (at least one image) held out, in that permutation's order (the first
+    held-out images, shown in sample grids, are a random pick of the classes)."""
+    k = max(1, int(n * fraction))
+    if k >= n:
+        raise DataError(f"{n} image(s) cannot be split into training and held-out images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[:n - k], perm[n - k:]
+
+
+def corrupt(clean: torch.Tensor, task: str, generator: torch.Generator) -> torch.Tensor:
+    """The corrupted copy of a batch (N, C, S, S) in [-1, 1]: ``inpaint`` puts one square
+    hole per image at a random place in the central part (where digits are), ``denoise``
+    adds Gaussian noise and clips to [-1, 1]. The randomness comes from ``generator`` (a
+    CPU generator: a resumed run draws the same), the result is on clean's device."""
+    n, _, h, w = clean.shape
+    if task == "denoise":
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+        return (clean + NOISE_STD * noise).clamp_(-1.0, 1.0)
+    if task != "inpaint":
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    m = max(1, round(HOLE * min(h, w)))
+    lo = min(h, w) // 8
+    top = torch.randint(lo, max(lo, h - lo - m) + 1, (n,), generator=generator)
+    left = torch.randint(lo, max(lo, w - lo - m) + 1, (n,), generator=generator)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = (((rows[None] >= top[:, None]) & (rows[None] < top[:, None] + m))[:, :, None]
+              & ((cols[None] >= left[:, None]) & (cols[None] < left[:, None] + m))[:, None])
+    return clean.masked_fill(inside[:, None].to(clean.device), HOLE_FILL)
 
 
 class BatchOrder:
