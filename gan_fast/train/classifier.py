@@ -10,7 +10,6 @@ the Fréchet distance compares; the logits give the class histogram of samples.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEIGHTS = ASSETS / "mnist_classifier.pt"
-INFO = ASSETS / "mnist_classifier.json"
+INFO = ASSETS / "mnist_classifier.json"  # what the training script recorded (test accuracy, ...)
 INPUT_SIZE = 32
 FEATURE_DIM = 128
 
@@ -69,14 +68,6 @@ def load_classifier(device: str | torch.device = "cpu", path: str | Path | None 
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v)
                            for k, v in state.items()})
     return model.to(device).eval()
-
-
-def classifier_info() -> dict:
-    """What scripts/train_mnist_classifier.py recorded (test accuracy, split, ...)."""
-    try:
-        return json.loads(INFO.read_text())
-    except FileNotFoundError:
-        return {}
 
 
 @torch.no_grad()
