@@ -222,11 +222,6 @@ def loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> t
     return canonical, side, reduction, label_smoothing
 
 
-def check_loss_args(kind: str, side: str, reduction: str, label_smoothing: float) -> str:
-    """Validate a GAN loss configuration (``loss_args``); returns the canonical kind name."""
-    return loss_args(kind, side, reduction, label_smoothing)[0]
-
-
 def _not_tensor(name: str, t) -> TypeError:
     return TypeError(f"{name} must be a torch.Tensor of logits, got {type(t).__name__}")
 
