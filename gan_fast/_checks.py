@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+from gan_fast._formats import DTYPES as FLOAT_DTYPES  # the one list (gan_fast._formats)
 
 
 def tensor(name, t, *, dim=None, dtypes=FLOAT_DTYPES):

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gan_fast._formats import memory_format as _memory_format  # stock's rule for BN outputs
+
 LOSS_KINDS = ("bce", "hinge", "lsgan", "wgan")
 REDUCTIONS = ("mean", "sum")
 
@@ -239,9 +241,3 @@ def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
     if side == "g":
         return total.to(fake.dtype), None, grads[0]
     return total.to(fake.dtype), grads[0], grads[1]
-
-
-def _memory_format(x):
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gan_fast import _checks, backends
+from gan_fast import _checks, _formats, backends
 
 def bn_mode(bn: nn.BatchNorm2d):
     """BatchNorm2d.forward's rule, the one definition of it in gan_fast:
@@ -88,7 +88,7 @@ def _cpp_op():
 def _choose(x: Tensor, conv, bn):
     """The function that runs this block for tensors like x under the current backend."""
     from gan_fast.ops import conv_block
-    if x.dtype not in _checks.FLOAT_DTYPES or bn.num_features != conv.out_channels:
+    if x.dtype not in _formats.DTYPES or bn.num_features != conv.out_channels:
         return _unfused  # the stock conv / BatchNorm raise their own errors
     device_type = x.device.type
     name = backends.resolve_name(device_type, x.dtype)

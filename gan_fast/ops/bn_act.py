@@ -16,13 +16,8 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
+from gan_fast._formats import memory_format as _memory_format  # outputs' layout (stock's rule)
 from gan_fast.ops import double_backward
-
-
-def _memory_format(x: Tensor):
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _dense(x: Tensor) -> Tensor:

@@ -46,15 +46,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from gan_fast import _checks, backends
+from gan_fast import _checks, _formats, backends
 from gan_fast.ops import bn_act as ops_bn_act
 from gan_fast.ops.block import bn_mode
 from gan_fast.ops.bn_act import update_running_stats
-from gan_fast.ops.conv_bn_act import (TrainEager, _conv_memory_format, _out_hw,
-                                      conv_bn_act_eval, conv_bn_act_train)
+from gan_fast.ops.conv_bn_act import (TrainEager, _out_hw, conv_bn_act_eval,
+                                      conv_bn_act_train)
 
 log = logging.getLogger("gan_fast")
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2 ** 31 - 1
 
 # ------------------------------------------------------------------- auto's choice
@@ -115,7 +114,7 @@ def _config_key(x: Tensor, conv, bn, geometry, batch_stats: bool) -> tuple:
     bn_t = bn.weight if bn.weight is not None else bn.running_mean
     size = lambda t: tuple(operator.index(d) for d in t.shape)  # noqa: E731
     return (str(x.device), transposed, size(x), str(x.dtype),
-            not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last),
+            _formats.channels_last(x),
             size(conv.weight), conv.bias is not None, tuple(stride),
             tuple(padding), tuple(output_padding), bn.weight is not None,
             str(x.dtype if bn_t is None else bn_t.dtype), batch_stats,
@@ -183,7 +182,8 @@ def _timed_runs(cfg: _Config) -> dict:
     backward = cfg.grad_x or cfg.grad_params
     grad_out = torch.randn((cfg.x_shape[0], conv.out_channels, oh, ow), generator=gen,
                            device=x.device, dtype=x.dtype)
-    grad_out = grad_out.contiguous(memory_format=_conv_memory_format(x))
+    grad_out = grad_out.contiguous(memory_format=_formats.after_conv(
+        grad_out.shape, _formats.conv_memory_format(x, conv.weight)))  # the block output's
 
     def run(block):
         with torch.set_grad_enabled(backward):
@@ -229,7 +229,8 @@ def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=N
 # ------------------------------------------------------------------------ module entry
 def _applies(x: Tensor, conv, bn) -> bool:
     """Whether the fused ops can compute this block for x (module docstring, second list)."""
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.dtype not in _DTYPES or x.numel() == 0:
+    if (not isinstance(x, Tensor) or x.dim() != 4 or x.dtype not in _formats.GPU_DTYPES
+            or x.numel() == 0):
         return False
     if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or conv.padding_mode != "zeros":
         return False

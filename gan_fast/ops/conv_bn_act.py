@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from gan_fast import backends
+from gan_fast._formats import after_conv, conv_memory_format, memory_format
 from gan_fast.ops import double_backward
 
 
@@ -38,16 +39,6 @@ def _dense(x: Tensor) -> Tensor:
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
         return x
     return x.contiguous()
-
-
-def _conv_memory_format(x: Tensor):
-    """The memory format the Triton conv kernels give their outputs for input x (the rule
-    of gan_fast.kernels.triton.conv._memory_format, repeated here so the fake
-    implementations need no triton import)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and (
-            not x.is_contiguous() or x.stride() != x.contiguous().stride()):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _out_hw(x_shape, w_shape, transposed, stride, padding, output_padding):
@@ -63,11 +54,15 @@ def _c_out(w_shape, transposed):
     return w_shape[1] if transposed else w_shape[0]
 
 
-def _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding):
+def _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding, block=False):
+    """The conv output y as the Triton kernels allocate it (stock's layout, gan_fast._formats);
+    `block`: the block's output instead (BN + activation of y)."""
     x = _dense(x)
     oh, ow = _out_hw(x.shape, conv_weight.shape, transposed, stride, padding, output_padding)
-    return torch.empty((x.shape[0], _c_out(conv_weight.shape, transposed), oh, ow),
-                       dtype=x.dtype, device=x.device, memory_format=_conv_memory_format(x))
+    shape = (x.shape[0], _c_out(conv_weight.shape, transposed), oh, ow)
+    fmt = conv_memory_format(x, conv_weight)
+    return torch.empty(shape, dtype=x.dtype, device=x.device,
+                       memory_format=after_conv(shape, fmt) if block else fmt)
 
 
 def _triton(x: Tensor):
@@ -113,7 +108,7 @@ def _(x, conv_weight, conv_bias, bn_weight, bn_bias, transposed, stride, padding
     y = _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding)
     c = y.shape[1]
     stat = lambda: x.new_empty((c,), dtype=torch.float32)  # noqa: E731
-    return torch.empty_like(y), y, stat(), stat()
+    return torch.empty_like(y, memory_format=memory_format(y)), y, stat(), stat()
 
 
 def _backward_kernels(grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, transposed,
@@ -122,7 +117,7 @@ def _backward_kernels(grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias
     grad_bn_b), None where not computed (the eager Function takes them as they are)."""
     tconv, _ = _triton(x)
     x, y = _dense(x), _dense(y)
-    grad_out = grad_out.contiguous(memory_format=_conv_memory_format(y))
+    grad_out = grad_out.contiguous(memory_format=memory_format(y))  # the output's layout
     return tconv.bn_act_conv_backward(
         grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, eps, negative_slope,
         stride, padding, transposed=transposed, has_conv_bias=has_conv_bias,
@@ -150,7 +145,7 @@ def _(grad_out, x, conv_weight, y, mean, var, bn_weight, bn_bias, transposed, st
       eps, negative_slope, has_conv_bias, needs_input_grad):
     x = _dense(x)
     gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device,
-                      memory_format=_conv_memory_format(x)) if needs_input_grad else _empty(x))
+                      memory_format=memory_format(x)) if needs_input_grad else _empty(x))
     gw = torch.empty(conv_weight.shape, dtype=conv_weight.dtype, device=conv_weight.device)
     c = y.shape[1]
     gb = x.new_empty((c,), dtype=conv_weight.dtype) if has_conv_bias else _empty(x)
@@ -235,7 +230,8 @@ def conv_bn_act_eval(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor]
 @conv_bn_act_eval.register_fake
 def _(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, transposed,
       stride, padding, output_padding, eps, negative_slope):
-    return _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding)
+    return _fake_conv_out(x, conv_weight, transposed, stride, padding, output_padding,
+                          block=True)
 
 
 def _setup_eval(ctx, inputs, output):

@@ -26,8 +26,8 @@ ARCH_KEYS = ("data", "data_dir", "channels", "mixed_sizes", "synthetic_n", "imag
 # a run of a few minutes on 2 CPU cores each, docs/training.md).
 MODEL_DEFAULTS = {
     "dcgan": {},
-    "pix2pix": {"task": "inpaint", "ngf": 16, "ndf": 16, "steps": 1000, "out": "runs/pix2pix"},
-    "vae": {"nz": 16, "steps": 1500, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9,
+    "pix2pix": {"task": "inpaint", "ngf": 16, "ndf": 16, "steps": 1500, "out": "runs/pix2pix"},
+    "vae": {"nz": 16, "steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.9,
             "out": "runs/vae"},
 }
 

@@ -10,13 +10,17 @@ stands where a GAN's generator does (checkpoint ``generator``, ``--lr-g``), the 
 where the discriminator does (``discriminator``, ``--lr-d``); Adam's update is per
 parameter, so two optimizers make the same step as one over both networks.
 
-A tenth of the images is held out; the final evaluation (eval mode: running BatchNorm
-statistics) reports on it the reconstruction error (MSE per pixel in [0, 1] units, BCE
-per image), the KL and the ELBO (nats per image), and the Fréchet distance (the shipped
-MNIST classifier's features, :mod:`gan_fast.train.metrics`) of decoder(z), z ~ N(0, I),
-against the real images, next to the untrained decoder's and real-vs-real.
+A tenth of the images is held out; the final evaluation reports on it (eval mode:
+running BatchNorm statistics) the reconstruction error (MSE per pixel in [0, 1] units,
+BCE per image), the KL and the ELBO (nats per image), and the Fréchet distance (the
+shipped MNIST classifier's features, :mod:`gan_fast.train.metrics`) of decoder(z),
+z ~ N(0, I), against the real images, as the DCGAN trainer scores G (BatchNorm on each
+batch's statistics; ``fd_bn_eval`` with the running ones), next to the untrained
+decoder's and real-vs-real.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -29,6 +33,18 @@ from gan_fast.train.records_fields import FieldsLog, FieldsPrinter
 from gan_fast.train.rundir import METRICS, TIMING
 
 FIELDS = ("loss", "recon_bce", "kl", "mse")
+
+
+class ImageDecoder(torch.nn.Module):
+    """The decoder's images in [-1, 1] (what the sample grids and the Fréchet distance
+    see); the decoder itself gives the logits the loss takes."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return to_image(self.decoder(z))
 
 
 class VAEPrinter(FieldsPrinter):
@@ -92,21 +108,11 @@ class VAETrainer(Trainer):
             mse = (to_image(logits.detach().float()) - x.float()).pow(2).mean() / 4
         return loss.detach(), bce.detach(), kl.detach(), mse
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, dec=None, batch_size: int = 500) -> torch.Tensor:
-        """Images in [-1, 1] of the decoder (eval mode), float32 on the CPU."""
-        dec = self.g if dec is None else dec
-        was = dec.training
-        dec.eval()
-        try:
-            return torch.cat([to_image(dec(z[i:i + batch_size].to(self.device))).float().cpu()
-                              for i in range(0, z.shape[0], batch_size)])
-        finally:
-            dec.train(was)
-
     def _save_samples(self, name: str) -> None:
-        """8x8 grid of decoder(fixed z), eval mode."""
-        x = self.decode(self.fixed_noise)
+        """An 8x8 grid of decoder(fixed z), BatchNorm on the batch's statistics (on a copy,
+        as the DCGAN trainer's grids)."""
+        with torch.no_grad():
+            x = ImageDecoder(copy.deepcopy(self.g).train())(self.fixed_noise.to(self.device))
         save_grid(x, self.out / name)
         save_grid(x, self.out / "samples_latest.png")
 
@@ -136,15 +142,19 @@ class VAETrainer(Trainer):
                 "elbo": round(-(bce + kl), 3), "n_held_out": n}
 
     def evaluate(self, n: int) -> dict:
+        """The Fréchet distance and class histogram of n samples decoder(z), z ~ N(0, I),
+        as the DCGAN trainer scores G (BatchNorm on each batch's statistics; with the
+        running statistics: ``fd_bn_eval``), and the held-out scores."""
         from gan_fast.train.metrics import Evaluator
         ev = Evaluator(self.data.images, self.device)
-        gen = torch.Generator().manual_seed(1234)
-        z = torch.randn(n, self.cfg.nz, generator=gen)
-        result = ev.score_images(self.decode(z))
-        dec0, _ = build_vae(self.cfg.nz, self.cfg.ngf, self.cfg.ndf, self.nc,
-                            self.cfg.image_size, seed=self.cfg.seed)
-        base = ev.score_images(self.decode(z, dec0.to(self.device)))
+        nz = self.cfg.nz
+        result = ev.score_generator(ImageDecoder(self.g), n, nz)
+        result["fd_bn_eval"] = ev.score_generator(ImageDecoder(self.g), n, nz,
+                                                  bn_mode="eval")["fd"]
+        dec0, _ = build_vae(nz, self.cfg.ngf, self.cfg.ndf, self.nc, self.cfg.image_size,
+                            seed=self.cfg.seed)
+        base = ev.score_generator(ImageDecoder(dec0.to(self.device)), n, nz)
         result.update({"fd_untrained": base["fd"], "classes_untrained": base["classes"],
-                       "fd_real_halves": ev.real_split_fd(), "bn_mode": "eval"})
+                       "fd_real_halves": ev.real_split_fd()})
         result.update(self.held_out_scores())
         return result

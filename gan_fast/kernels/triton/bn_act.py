@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from gan_fast._formats import GPU_DTYPES, channels_last
 _TILE = 4096  # elements per program in the elementwise/reduction passes
 
 
@@ -212,7 +212,7 @@ def _np2(n):
 
 def _prepare(x):
     """(x in a supported layout, channels_last?, R, C, HW, launch config)."""
-    if x.dtype not in _DTYPES:
+    if x.dtype not in GPU_DTYPES:
         raise TypeError(f"gan_fast triton bn_act: x must be float32, float16 or bfloat16, got "
                         f"{x.dtype} (float64 is not supported on GPU; use the cpu or reference "
                         f"backend)")
@@ -220,7 +220,7 @@ def _prepare(x):
         raise ValueError(f"gan_fast triton bn_act: x must be 4-D (N, C, H, W), got shape "
                          f"{tuple(x.shape)}")
     N, C, H, W = x.shape
-    cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    cl = channels_last(x)  # else NCHW (x may have other strides on its size-1 dims)
     if not cl:
         x = x.contiguous()
     R, HW = N * H * W, H * W
@@ -243,10 +243,20 @@ def _final_cfg(P, C):
     return (triton.cdiv(C, bc),), dict(BLOCK_P=min(_np2(P), max(_TILE // bc, 1)), BLOCK_C=bc)
 
 
-def _like(t, x):
-    """`t` with x's layout (grad_out is expected to match x already)."""
-    fmt = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+def _fmt(cl):
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _like(t, cl):
+    """`t` in the layout of x (`cl`: _prepare's; grad_out is expected to match x already)."""
+    fmt = _fmt(cl)
     return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def _empty(x, cl):
+    """An output like x in the layout `cl` (stock's strides: not empty_like, which would
+    copy the strides of x's size-1 dims)."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_fmt(cl))
 
 
 def _f32(t):
@@ -264,7 +274,7 @@ def bn_act_train_fwd(x, weight, bias, eps, negative_slope):
     mean = torch.empty(C, dtype=torch.float32, device=x.device)
     var = torch.empty_like(mean)
     if x.numel() == 0:
-        return torch.empty_like(x), mean.fill_(float("nan")), var.fill_(float("nan"))
+        return _empty(x, cl), mean.fill_(float("nan")), var.fill_(float("nan"))
     P = grid[0]
     pmean = torch.empty((P, C), dtype=torch.float32, device=x.device)
     pm2 = torch.empty_like(pmean)
@@ -284,7 +294,7 @@ def bn_act_eval_fwd(x, weight, bias, mean, var, eps, negative_slope):
     Returns out with x's shape, dtype and memory format.
     """
     x, cl, R, C, HW, grid, cfg = _prepare(x)
-    out = torch.empty_like(x)
+    out = _empty(x, cl)
     if x.numel() == 0:
         return out
     mean, var = _f32(mean), _f32(var)
@@ -306,11 +316,11 @@ def bn_act_bwd(grad_out, x, weight, bias, mean, var, eps, negative_slope, batch_
     bias's dtype or None).
     """
     x, cl, R, C, HW, grid, cfg = _prepare(x)
-    g = _like(grad_out, x)
+    g = _like(grad_out, cl)
     mean, var = _f32(mean), _f32(var)
     has_w = weight is not None
     w, b = (weight.contiguous(), bias.contiguous()) if has_w else (mean, mean)
-    gx = torch.empty_like(x)
+    gx = _empty(x, cl)
     gw = torch.empty(C, dtype=weight.dtype, device=x.device) if has_w else None
     gb = torch.empty(C, dtype=bias.dtype, device=x.device) if has_w else None
     if x.numel() == 0:

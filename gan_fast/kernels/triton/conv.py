@@ -12,15 +12,18 @@ in fact; fp32/fp16/bf16 with fp32 accumulation; groups=1, dilation=1):
   (grad_out, y), then dgrad and wgrad implicit GEMMs that rebuild
   dy = d(loss)/d(conv output) in their operand loads (dy is never written).
 
-Kernels are in ``conv_fwd.py`` and ``conv_bwd.py``. Outputs follow the input's
-memory format (channels_last in, channels_last out). The fp32 path uses TF32 tensor
-cores on CUDA exactly when ``torch.backends.cudnn.allow_tf32`` is set (as cuDNN's
-convolutions do); the interpreter (CPU tensors) always computes in fp32.
+Kernels are in ``conv_fwd.py`` and ``conv_bwd.py``. Outputs have stock's memory format
+(``gan_fast._formats``): y a convolution's (channels_last when x or the weight is laid
+out so), the eval block's output that of BN + activation on it, grad_x x's. The fp32
+path uses TF32 tensor cores on CUDA exactly when ``torch.backends.cudnn.allow_tf32`` is
+set (as cuDNN's convolutions do); the interpreter (CPU tensors) always computes in fp32.
 """
 from __future__ import annotations
 
 import torch
 import triton
+
+from gan_fast._formats import GPU_DTYPES, after_conv, conv_memory_format, memory_format
 
 from . import _targets
 from . import conv_bwd as _bwd
@@ -31,7 +34,6 @@ __all__ = [
     "conv_transpose2d_bn_act_eval", "bn_act_conv_backward",
 ]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INT32_MAX = 2 ** 31 - 1
 
 
@@ -45,19 +47,10 @@ def _pair(v):
     return v
 
 
-def _memory_format(x):
-    """channels_last iff x is laid out so (decided on the strides, like PyTorch's
-    suggest_memory_format, so a channels_last (N, C, 1, 1) input stays channels_last)."""
-    if x.is_contiguous(memory_format=torch.channels_last) and (
-            not x.is_contiguous() or x.stride() != x.contiguous().stride()):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _check(x, name="x"):
     if x.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in GPU_DTYPES:
         raise TypeError(f"{name}: dtype {x.dtype} not supported (fp32, fp16, bf16)")
     if x.numel() > _INT32_MAX:
         raise ValueError(f"{name} has {x.numel()} elements; the kernels index with int32")
@@ -151,7 +144,7 @@ def _conv_stats(x, weight, bias, stride, padding, output_padding, transposed):
     if oh <= 0 or ow <= 0:
         raise ValueError(f"output size ({oh}, {ow}) is empty")
     y = torch.empty((n, c_out, oh, ow), device=x.device, dtype=x.dtype,
-                    memory_format=_memory_format(x))
+                    memory_format=conv_memory_format(x, weight))
     _check(y, "y")
     sh, sw = stride
     if transposed:
@@ -178,8 +171,9 @@ def conv2d_stats(x, weight, bias=None, stride=1, padding=0):
     x: (N, C_in, H, W) fp32/fp16/bf16, NCHW or channels_last.
     weight: (C_out, C_in, kH, kW) (cast to x's dtype for the GEMM); bias: (C_out,) or None.
     stride, padding: int or pair.
-    Returns y (N, C_out, OH, OW) in x's dtype and memory format, and mean, var: (C_out,)
-    fp32, the per-channel mean and *biased* variance of y as stored (rounded to x's dtype).
+    Returns y (N, C_out, OH, OW) in x's dtype and a convolution's memory format, and mean,
+    var: (C_out,) fp32, the per-channel mean and *biased* variance of y as stored (rounded to
+    x's dtype).
     """
     return _conv_stats(x, weight, bias, stride, padding, 0, transposed=False)
 
@@ -189,7 +183,7 @@ def conv_transpose2d_stats(x, weight, bias=None, stride=1, padding=0, output_pad
 
     x: (N, C_in, H, W); weight: (C_in, C_out, kH, kW) as PyTorch; bias: (C_out,) or None.
     OH = (H-1)*stride - 2*padding + kH + output_padding (same for W).
-    Returns (y (N, C_out, OH, OW) like x, mean (C_out,) fp32, biased var (C_out,) fp32).
+    Returns (y (N, C_out, OH, OW) as conv2d_stats's, mean (C_out,) fp32, biased var (C_out,) fp32).
     """
     return _conv_stats(x, weight, bias, stride, padding, output_padding, transposed=True)
 
@@ -219,8 +213,9 @@ def _conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running
         raise ValueError(f"weight {tuple(weight.shape)} does not match {c_in} input channels")
     oh, ow = _out_size(h, w, (kh, kw), stride, padding, output_padding, transposed)
     wf, bf = _fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed)
-    out = torch.empty((n, c_out, oh, ow), device=x.device, dtype=x.dtype,
-                      memory_format=_memory_format(x))
+    shape = (n, c_out, oh, ow)  # BN + activation of the conv output: stock's layout of it
+    out = torch.empty(shape, device=x.device, dtype=x.dtype,
+                      memory_format=after_conv(shape, conv_memory_format(x, weight)))
     _check(out, "out")
     _launch_gemm(x, _gemm_weight(wf, transposed, x.dtype), (kh, kw), out, stride, padding,
                  transposed, 2, bias=bf, slope=negative_slope)
@@ -233,7 +228,7 @@ def conv2d_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, runnin
 
     x: (N, C_in, H, W) fp32/fp16/bf16; weight (C_out, C_in, kH, kW); bias, bn_weight,
     bn_bias: (C_out,) or None; running_mean/var: (C_out,). BN is folded into the
-    conv weight and bias in fp32 on the host. Returns (N, C_out, OH, OW) like x.
+    conv weight and bias in fp32 on the host. Returns (N, C_out, OH, OW) in x's dtype.
     """
     return _conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                              eps, negative_slope, stride, padding, 0, transposed=False)
@@ -245,7 +240,7 @@ def conv_transpose2d_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_me
     """Eval-mode LeakyReLU(BN(ConvTranspose2d(x))) in one kernel.
 
     weight: (C_in, C_out, kH, kW); other arguments as ``conv2d_bn_act_eval``.
-    Returns (N, C_out, OH, OW) like x.
+    Returns (N, C_out, OH, OW) in x's dtype.
     """
     return _conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                              eps, negative_slope, stride, padding, output_padding,
@@ -311,7 +306,7 @@ def bn_act_conv_backward(grad_out, x, weight, y, mean, var, bn_weight, bn_bias, 
     # 3. dgrad: the adjoint gather (conv2d <-> conv_transpose2d), dy in the A prologue
     grad_x = None
     if needs_input_grad:
-        grad_x = torch.empty(x.shape, device=dev, dtype=x.dtype, memory_format=_memory_format(x))
+        grad_x = torch.empty(x.shape, device=dev, dtype=x.dtype, memory_format=memory_format(x))
         _launch_gemm(grad_out, _gemm_weight(weight, not transposed, x.dtype), (kh, kw), grad_x,
                      stride, padding, not transposed, 0, slope=negative_slope,
                      prologue=(y, coef))

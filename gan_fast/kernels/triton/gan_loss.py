@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from gan_fast._formats import GPU_DTYPES
+
 _KINDS = {"bce": 0, "hinge": 1, "lsgan": 2, "wgan": 3}
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def _gan_loss_kernel(real_ptr, fake_ptr, grad_real_ptr, grad_fake_ptr, loss_ptr,
 
 
 def _flat(t, name):
-    if t.dtype not in _DTYPES:
+    if t.dtype not in GPU_DTYPES:
         raise TypeError(f"gan_fast triton gan_loss: {name} logits must be float32, float16 or "
                         f"bfloat16, got {t.dtype} (float64 is not supported on GPU; use the cpu "
                         f"or reference backend)")
