@@ -17,14 +17,8 @@ from torch import Tensor
 
 from gan_fast import backends
 from gan_fast._formats import memory_format as _memory_format  # outputs' layout (stock's rule)
+from gan_fast._layout import dense as _dense
 from gan_fast.ops import double_backward
-
-
-def _dense(x: Tensor) -> Tensor:
-    """x as contiguous NCHW or channels_last (the two layouts kernels accept)."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
 
 
 def _stat_dtype(x: Tensor):

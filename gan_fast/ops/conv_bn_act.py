@@ -30,26 +30,11 @@ from torch import Tensor
 
 from gan_fast import backends
 from gan_fast._formats import after_conv, conv_memory_format, memory_format
+from gan_fast._layout import conv_out_hw as _out_hw, dense as _dense
 from gan_fast.ops import double_backward
 
 
 # ----------------------------------------------------------------------------- helpers
-def _dense(x: Tensor) -> Tensor:
-    """x as contiguous NCHW or channels_last."""
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
-
-
-def _out_hw(x_shape, w_shape, transposed, stride, padding, output_padding):
-    h, w = x_shape[2], x_shape[3]
-    kh, kw = w_shape[2], w_shape[3]
-    (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
-    if transposed:
-        return (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
-    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-
-
 def _c_out(w_shape, transposed):
     return w_shape[1] if transposed else w_shape[0]
 

@@ -24,6 +24,7 @@ import torch
 import triton
 
 from gan_fast._formats import GPU_DTYPES, after_conv, conv_memory_format, memory_format
+from gan_fast._layout import conv_out_hw
 
 from . import _targets
 from . import conv_bwd as _bwd
@@ -80,13 +81,6 @@ def _gemm_weight(w, transposed_gather, dtype):
     return w.permute(*perm).to(dtype).contiguous()
 
 
-def _out_size(h, w, k, stride, padding, output_padding, transposed):
-    (kh, kw), (sh, sw), (ph, pw), (oph, opw) = k, stride, padding, output_padding
-    if transposed:
-        return (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
-    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-
-
 def _launch_gemm(a, w_gemm, kernel, out, stride, padding, transposed, epilogue,
                  bias=None, slope=0.0, prologue=None, stats_ws=None):
     """Run _conv_gemm_kernel: out = conv(a) with the gather of `transposed`.
@@ -140,7 +134,7 @@ def _conv_stats(x, weight, bias, stride, padding, output_padding, transposed):
     if w_cin != c_in:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {c_in} input channels "
                          "(groups=1 only)")
-    oh, ow = _out_size(h, w, (kh, kw), stride, padding, output_padding, transposed)
+    oh, ow = conv_out_hw(x.shape, weight.shape, transposed, stride, padding, output_padding)
     if oh <= 0 or ow <= 0:
         raise ValueError(f"output size ({oh}, {ow}) is empty")
     y = torch.empty((n, c_out, oh, ow), device=x.device, dtype=x.dtype,
@@ -211,7 +205,7 @@ def _conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running
     c_out = weight.shape[1] if transposed else weight.shape[0]
     if (weight.shape[0] if transposed else weight.shape[1]) != c_in:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {c_in} input channels")
-    oh, ow = _out_size(h, w, (kh, kw), stride, padding, output_padding, transposed)
+    oh, ow = conv_out_hw(x.shape, weight.shape, transposed, stride, padding, output_padding)
     wf, bf = _fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed)
     shape = (n, c_out, oh, ow)  # BN + activation of the conv output: stock's layout of it
     out = torch.empty(shape, device=x.device, dtype=x.dtype,
