@@ -136,6 +136,8 @@ def main(argv=None) -> int:
         print(f"gan-fast bench: {e}", file=sys.stderr)
         return 2
     from benchmarks import report, runner, variants
+    from benchmarks.report_data import failures
+    from benchmarks.report_tables import targets_table
     if args.list:
         o = opts.resolve()
         for name in o.variants:
@@ -156,14 +158,14 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=1)
     written = report.write_outputs(result, json_path, md=True, png=not args.no_png)
     print()
-    print(report.targets_table(result))
+    print(targets_table(result))
     print()
     for kind, path in written.items():
         print(f"{kind}: {path}")
     if result.get("interrupted"):
         return 130
     if args.strict:
-        bad = [line for line in report.failures(result) if "time budget" not in line]
+        bad = [line for line in failures(result) if "time budget" not in line]
         if bad:
             print("\n".join(["--strict: problems:"] + bad), file=sys.stderr)
             return 1

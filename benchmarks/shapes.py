@@ -15,9 +15,6 @@ from torch import nn
 
 NZ, NGF, NDF, NC, IMAGE_SIZE = 100, 64, 64, 3, 64
 
-GPU_BATCHES = (64, 128, 512, 2048)
-CPU_BATCHES = (64, 256)
-QUICK_BATCHES = (64,)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 
@@ -155,12 +152,6 @@ def dcgan_layers() -> list[Layer]:
         _LAYERS = (_chains(g, "G", torch.zeros(1, NZ, 1, 1), 1)
                    + _chains(d, "D", torch.zeros(2, NC, IMAGE_SIZE, IMAGE_SIZE), 1))
     return list(_LAYERS)
-
-
-def default_batches(device: str, quick: bool) -> tuple[int, ...]:
-    if quick:
-        return QUICK_BATCHES
-    return GPU_BATCHES if device == "cuda" else CPU_BATCHES
 
 
 def parse_list(text: str | None, allowed=None, cast=str) -> list | None:

@@ -222,15 +222,6 @@ def _storage_key(t: torch.Tensor):
         return (t.device.type, id(t)), t.numel() * t.element_size()
 
 
-def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    seen = {}
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            k, n = _storage_key(t)
-            seen[k] = n
-    return sum(seen.values())
-
-
 class SavedBytes:
     """Context manager: which storages the forward inside saves for backward.
 

@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import interleave, report, runner, variants  # noqa: E402
+from benchmarks import interleave, report_data, report_tables, runner, variants  # noqa: E402
 from benchmarks.common import Options  # noqa: E402
 
 # the cpu extension is built wherever the suite runs (conftest fails otherwise); only a
@@ -63,10 +63,10 @@ def _result(ms):
 
 
 def test_targets():
-    rows = report.targets(_result([("G-train", "fwd+bwd", 0.10, 0.069), ("D-eval", "fwd", 0.05, 0.04),
-                                   ("bce-g", "fwd+bwd", 0.030, 0.029)]))
+    rows = report_data.targets(_result([("G-train", "fwd+bwd", 0.10, 0.069), ("D-eval", "fwd", 0.05, 0.04),
+                                        ("bce-g", "fwd+bwd", 0.030, 0.029)]))
     by = {r["target"].split(" <=")[0]: r for r in rows}
     block, loss = by["dispatch: a block call (train fwd+bwd, eval fwd)"], by["dispatch: a GANLoss call (fwd+bwd)"]
     assert not block["ok"] and "max 0.80x (D-eval b2)" in block["detail"]
     assert loss["ok"] and "over 1 cases" in loss["detail"]
-    assert "dispatch" in report.markdown(_result([("bce-d", "fwd+bwd", 0.06, 0.03)]))
+    assert "dispatch" in report_tables.markdown(_result([("bce-d", "fwd+bwd", 0.06, 0.03)]))
