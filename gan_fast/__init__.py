@@ -9,6 +9,6 @@ from gan_fast import functional, nn
 from gan_fast.backends import BackendUnavailable, set_backend, use_backend
 from gan_fast.fuse import FuseReport, fuse, unfuse
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only copy: pyproject.toml reads it (tool.setuptools.dynamic)
 __all__ = ["functional", "nn", "fuse", "unfuse", "FuseReport", "set_backend", "use_backend",
            "BackendUnavailable", "__version__"]

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
+
+BENCH_HOWTO = ("gan-fast bench: the benchmark suite is not installed with the package; it lives in "
+               "the benchmarks/ folder of the gan_fast source repository. Clone the repository and "
+               "run `python -m benchmarks [options]` from its root (or `gan-fast bench [options]` "
+               "from there), after `pip install --no-build-isolation -e '.[bench]'` in it.")
 
 
 def info() -> int:
@@ -35,6 +41,22 @@ def _delegate(module: str, argv) -> int:
     return importlib.import_module(module).main(argv) or 0
 
 
+def _source_roots() -> list[str]:
+    """Where a source checkout may be: above this package (an editable install), and the cwd."""
+    return [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.getcwd()]
+
+
+def bench(argv) -> int:
+    """`gan-fast bench`: the suite in benchmarks/ of a source checkout; it is not in the wheel."""
+    for root in _source_roots():
+        if all(os.path.isfile(os.path.join(root, "benchmarks", f)) for f in ("__main__.py", "runner.py")):
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return _delegate("benchmarks.__main__", argv)
+    print(BENCH_HOWTO, file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="gan-fast", description=__doc__)
@@ -47,7 +69,7 @@ def main(argv=None) -> int:
     if args.command == "info":
         return info()
     if args.command == "bench":
-        return _delegate("benchmarks.__main__", rest)
+        return bench(rest)
     if args.command == "aot":   # compile every Triton kernel for sm_80/sm_90a, no GPU needed
         return _delegate("gan_fast.aot", rest)
     return _delegate("gan_fast.train.cli", [args.command] + rest)
