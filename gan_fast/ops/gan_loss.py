@@ -25,7 +25,7 @@ def _backend(fake: Tensor, real: Optional[Tensor], kind, side, reduction, label_
     return backends.resolve(fake, "gan_loss", run)
 
 
-def _dense(real: Optional[Tensor], fake: Tensor):
+def _contiguous(real: Optional[Tensor], fake: Tensor):
     """The logits as contiguous tensors, what every backend's kernel takes (and what
     auto's timing of the backends must be given too)."""
     return (None if real is None else real.contiguous()), fake.contiguous()
@@ -33,7 +33,7 @@ def _dense(real: Optional[Tensor], fake: Tensor):
 
 def _run(real: Optional[Tensor], fake: Tensor, kind, side, reduction, label_smoothing):
     """(loss 0-dim, grad_real or None, grad_fake) from the chosen backend, on dense logits."""
-    real, fake = _dense(real, fake)
+    real, fake = _contiguous(real, fake)
     be = _backend(fake, real, kind, side, reduction, label_smoothing)
     return be.gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing)
 
@@ -176,13 +176,13 @@ class EagerLoss:
 
 
 def _call_function(be, real, fake, *args):
-    real, fake = _dense(real, fake)
+    real, fake = _contiguous(real, fake)
     return _GanLossEager.apply(be, real, fake, *args)
 
 
 def _per_call(real, fake, *args):
     """auto on CUDA with two fast backends: the choice is timed per shape (backends.resolve)."""
-    real, fake = _dense(real, fake)
+    real, fake = _contiguous(real, fake)
     be = _backend(fake, real, *args)
     eager = getattr(be, "gan_loss_eager", None)
     if eager is not None:
