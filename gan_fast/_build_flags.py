@@ -38,7 +38,9 @@ def cuda_sources(csrc: str) -> list[str]:
 
 def cxx_flags(cuda: bool) -> list[str]:
     """Host compiler flags; `cuda`: for a build that includes the CUDA part."""
-    flags = ["-O3", "-ffp-contract=off"]  # no FMA contraction: z = x*scale + shift like the reference
+    # No FMA contraction: z = (x - mean) * scale + bias as a separate subtract, multiply
+    # and add, rounded exactly as gan_fast.reference rounds it (bn_act_impl.h: Numerics).
+    flags = ["-O3", "-ffp-contract=off"]
     if sys.platform.startswith("linux"):
         flags.append("-fopenmp")
     if os.environ.get("GAN_FAST_NO_AVX2", "0") == "1":
