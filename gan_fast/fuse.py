@@ -8,7 +8,10 @@ and the activation become the identity. So ``state_dict`` keys and tensors are u
 and checkpoints load both ways. Hooks registered on these modules after ``fuse`` would
 see fused values, so registering one raises a RuntimeError; hooks present before ``fuse``
 keep their chain stock. ``torch.jit.script`` of a fused model raises (TorchScript cannot
-compile the fused forward); torch.compile, torch.export and torch.jit.trace work.
+compile the fused forward); torch.compile and torch.export trace the fused ops.
+``torch.jit.trace`` records what a call ran, for the mode and backend it ran in: one C++ op
+per block on the cpu/cuda backends (saves and loads); other paths may run Python autograd
+Functions (the reference backend's do), which a trace holds but torch.jit.save refuses.
 
 ``fuse`` says what it fused, how it analysed the model and why it left each other chain
 alone in a ``FuseReport``, logged at INFO level on the "gan_fast" logger (printed too with
@@ -61,7 +64,7 @@ def fuse(model: nn.Module, verbose: bool = False, return_report: bool = False, *
     example_inputs: a tuple of the positional arguments forward takes (a lone tensor is
         taken as ``(x,)``), e.g. ``(torch.randn(2, 100, 1, 1),)`` for a DCGAN generator;
         only their shapes, dtypes and devices matter: forward runs on fake copies.
-        Without them the model is traced by torch.fx, else run on a guessed input.
+        Without them forward runs on a guessed input, else the model is traced by torch.fx.
     assume_sequential: when the model cannot be analysed, fuse the adjacent
         ``nn.Sequential`` chains anyway (else nothing is fused); the report says so.
     verbose: also print the report to stdout. It is always logged at INFO level on the

@@ -30,8 +30,8 @@ class _NotScriptable:
     """A gan_fast module: TorchScript cannot compile its forward (Python dispatch to custom
     and C++ ops). ``torch.jit.script`` calls ``__prepare_scriptable__`` on every module of
     the tree before it compiles anything, so it stops here with an error that says so
-    rather than deep inside the compiler. torch.jit.trace, torch.compile and torch.export
-    record the ops themselves and are not affected."""
+    rather than deep inside the compiler. torch.compile and torch.export trace gan_fast's
+    ops and are not affected, nor is torch.jit.trace (see gan_fast.fuse's docstring)."""
 
     def __prepare_scriptable__(self):
         raise RuntimeError(
