@@ -7,7 +7,7 @@ output:
 * ``run_calls(model, args, kwargs)`` runs ``model(*args, **kwargs)`` once on fake tensors
   (``FakeTensorMode``: shapes, dtypes and devices, no data, no kernels), with every
   parameter and buffer replaced by a fake copy, so the model's tensors, BatchNorm
-  statistics and the RNG are untouched. Python control flow runs as written; control flow
+  statistics and the RNG are untouched (and the model's own hooks do not run). Python control flow runs as written; control flow
   on tensor *values* (``if x.sum() > 0``) raises, since fake tensors have none. Module
   calls are recorded by temporary forward hooks on the model's submodules, every other
   torch operation by a ``TorchFunctionMode``.
@@ -30,6 +30,9 @@ from torch.utils._pytree import tree_leaves
 __all__ = ["Call", "Empty", "run_calls", "fx_calls", "analyse"]
 
 _GUESSED_SIZES = (1, 4, 8, 16, 32, 64, 128, 256)
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks")
 
 
 class Empty(NamedTuple):
@@ -57,6 +60,8 @@ class Call:
     src: "Call | None"
     uses: list = dataclasses.field(default_factory=list)
     input_ids: frozenset = frozenset()
+    first_read: object = None  # run_calls only: the first leaf module Call or function, in
+    #                            any frame, that read the output (None: nothing, or fx)
 
 
 def _name(func) -> str:
@@ -69,17 +74,22 @@ class _Recorder(TorchFunctionMode):
     A tensor object stands for the output of the module call that last returned it (an
     in-place activation returns its input: from then on the object is the activation's).
     A use counts in the frame that made the call; uses inside a module that took the tensor
-    as an argument (BatchNorm's own ops on its input) belong to that module's call.
+    as an argument (BatchNorm's own ops on its input) belong to that module's call. Apart
+    from that, each call's ``first_read`` is the first operation anywhere that read its
+    output: a leaf module's call or a torch function (passing a tensor on to a module that
+    has submodules is not a read).
     """
 
     def __init__(self, paths):
         super().__init__()
         self.paths, self.calls, self.stack, self.producer, self.keep = paths, [], [], {}, []
 
-    def _use(self, t, user):
+    def _use(self, t, user, reads=True):
         p = self.producer.get(id(t))
         if p is None:
             return
+        if reads and p.first_read is None:
+            p.first_read = user
         if (self.stack[-1] if self.stack else None) is not p.frame:
             start = self.stack.index(p.frame) + 1 if p.frame in self.stack else 0
             if any(id(t) in c.input_ids for c in self.stack[start:]):
@@ -101,8 +111,9 @@ class _Recorder(TorchFunctionMode):
         src = self.producer.get(id(args[0])) if simple else None
         call = Call(self.paths[id(module)], frame, simple, src if src is not None and src.frame is frame else None,
                     input_ids=frozenset(id(t) for t in tensors))
+        leaf = not module._modules
         for t in tensors:
-            self._use(t, call)
+            self._use(t, call, reads=leaf)
         self.calls.append(call)
         self.stack.append(call)
 
@@ -133,7 +144,13 @@ def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list
              **dict(model.named_buffers(remove_duplicate=False))}
     # Tensors forward keeps as plain attributes (spectral_norm's weight) must not stay fake.
     attrs = [(m, {k: v for k, v in vars(m).items() if isinstance(v, Tensor)}) for m in model.modules()]
+    # The user's hooks do not run on the fake tensors (no side effects; a chain whose
+    # modules carry hooks is never fused anyway); the recorder's run alone.
+    hooks = [(m, {k: getattr(m, k) for k in _HOOK_DICTS if hasattr(m, k)}) for m in model.modules()]
     try:
+        for m, saved in hooks:
+            for k, v in saved.items():
+                setattr(m, k, type(v)())
         for m in model.modules():  # the stock methods: fused modules refuse new hooks
             handles.append(nn.Module.register_forward_pre_hook(m, rec.pre_hook, with_kwargs=True))
             handles.append(nn.Module.register_forward_hook(m, rec.post_hook, with_kwargs=True,
@@ -151,6 +168,9 @@ def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list
     finally:
         for h in handles:
             h.remove()
+        for m, saved in hooks:
+            for k, v in saved.items():
+                setattr(m, k, v)
         for m, saved in attrs:
             for k in [k for k, v in vars(m).items() if isinstance(v, Tensor) and k not in saved]:
                 delattr(m, k)
@@ -234,8 +254,8 @@ def _sync_bn_traced_plainly(model):
 def analyse(model: nn.Module, example_inputs: tuple | None):
     """How forward calls the modules, in training and in eval mode: ``(traces, how)`` with
     traces ``[(mode, [Call, ...]), ...]`` from the first recorder that works (a run on fake
-    tensors with example_inputs, a torch.fx trace, a run on a guessed input (N=2, the first
-    conv's in_channels, S x S)), or ``(None, why none did)``. Each nn.SyncBatchNorm runs
+    tensors with example_inputs, or without them on a guessed input (N=2, the first conv's
+    in_channels, S x S); then a torch.fx trace), or ``(None, why none did)``. Each nn.SyncBatchNorm runs
     as a plain BatchNorm meanwhile (no process group needed)."""
     with _sync_bn_traced_plainly(model):
         return _analyse(model, example_inputs)
@@ -249,23 +269,34 @@ def _analyse(model, example_inputs):
                     "ran forward on fake tensors with example_inputs, in training and eval mode")
         except Exception as e:
             failed.append(f"forward on fake tensors with example_inputs failed: {_why(e)}")
+    else:  # a run sees the order of in-place operations, which an fx graph does not keep
+        traces, why = _guessed_run(model)
+        if traces is not None:
+            return traces, why
+        failed += [why] if why else []
     try:
         how = "traced by torch.fx, in training and eval mode"
         return _in_both_modes(model, lambda: fx_calls(model)), "; ".join(failed + [how])
     except Exception as e:
         failed.append(f"torch.fx could not trace it ({_why(e)})")
-    conv = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))), None)
-    if example_inputs is None and conv is not None:
-        whys = {}
-        for size in _GUESSED_SIZES:
-            x = Empty((2, conv.in_channels, size, size), conv.weight.dtype, conv.weight.device)
-            try:
-                traces = _in_both_modes(model, lambda: run_calls(model, (x,)))
-            except Exception as e:
-                whys.setdefault(_why(e), size)
-                continue
-            return traces, "; ".join(failed + [f"ran forward on fake tensors with a guessed input of shape "
-                                               f"{x.shape}, in training and eval mode"])
-        failed.append(f"no guessed input (2, {conv.in_channels}, S, S), S in {_GUESSED_SIZES}, ran ("
-                      + "; ".join(f"S={s}: {w}" for w, s in list(whys.items())[-2:]) + ")")
     return None, "; ".join(failed)
+
+
+def _guessed_run(model):
+    """(traces, how) from a run on a guessed input (N=2, the first conv's in_channels, S x S,
+    the first S that runs), or (None, why none ran; '' when the model has no conv)."""
+    conv = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))), None)
+    if conv is None:
+        return None, ""
+    whys = {}
+    for size in _GUESSED_SIZES:
+        x = Empty((2, conv.in_channels, size, size), conv.weight.dtype, conv.weight.device)
+        try:
+            traces = _in_both_modes(model, lambda: run_calls(model, (x,)))
+        except Exception as e:
+            whys.setdefault(_why(e), size)
+            continue
+        return traces, (f"ran forward on fake tensors with a guessed input of shape {x.shape}, "
+                        "in training and eval mode")
+    return None, (f"no guessed input (2, {conv.in_channels}, S, S), S in {_GUESSED_SIZES}, ran ("
+                  + "; ".join(f"S={s}: {w}" for w, s in list(whys.items())[-2:]) + ")")

@@ -2,8 +2,8 @@
 
 How forward calls the modules is learned, in training and in eval mode, by running it on
 fake tensors (``gan_fast._trace``: Python control flow followed, no kernels, no state
-changed) with ``example_inputs``, else from a ``torch.fx`` trace, else by running it on a
-guessed input (N=2, the first conv's in_channels, square sizes 1..256). A chain is fused
+changed) with ``example_inputs``, else on a guessed input (N=2, the first conv's
+in_channels, square sizes 1..256), else from a ``torch.fx`` trace. A chain is fused
 when, in every recorded forward, each call of the conv feeds only its BatchNorm and the
 BatchNorm only ever takes the conv's output, both from the same module's forward. The
 activation is absorbed when it is the only user of the BatchNorm's output and is called
