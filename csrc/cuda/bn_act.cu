@@ -36,6 +36,9 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <type_traits>
+
+#include "common.cuh"
 
 namespace gan_fast {
 namespace cuda {
@@ -51,30 +54,8 @@ constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxElemBlocks = 4096;          // grid-stride elementwise kernels
 constexpr int64_t kNhwcTileChannels = 128;        // planning estimate of channels per tile
 
-__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // ------------------------------------------------------------------ element access
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// V elements, aligned to their size, so V * sizeof(T) == 16 compiles to one 128-bit access.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
+// (to_float, from_float, Pack: common.cuh)
 template <typename T, int V>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[V]) {
   const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p);
@@ -192,28 +173,7 @@ __device__ __forceinline__ void block_welford(float& n, float& S, float& m2) {
   }
 }
 
-__device__ __forceinline__ void block_sum2(float& a, float& b) {
-  __shared__ float sh[2][kWarps];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sh[0][warp] = a; sh[1][warp] = b;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    a = lane < kWarps ? sh[0][lane] : 0.f;
-    b = lane < kWarps ? sh[1][lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_down_sync(0xffffffffu, a, o);
-      b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-  }
-}
+// (block_sum2, the same for (a, b) sums: common.cuh)
 
 // ------------------------------------------------------------ per-channel outputs
 struct Affine {
@@ -758,7 +718,6 @@ Workspace carve(void* ws, int64_t C) {
   return w;
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Geometry of one call: vector width and the 2-D NHWC tiling.
 struct Geometry {
@@ -813,6 +772,21 @@ bool valid_dtype(DType d) {
 }
 
 // ---------------------------------------------------------------- typed drivers
+// Calls launch(std::integral_constant<int, V>{}) with the geometry's vector width V
+// (1, or 16 bytes of T), so each kernel has one launch site for both instantiations.
+template <typename T, typename Launch>
+void with_vec(int V, Launch&& launch) {
+  if (V == 1) launch(std::integral_constant<int, 1>{});
+  else launch(std::integral_constant<int, 16 / sizeof(T)>{});
+}
+
+// Calls launch(std::integral_constant<bool, flag>{}).
+template <typename Launch>
+void with_flag(bool flag, Launch&& launch) {
+  if (flag) launch(std::true_type{});
+  else launch(std::false_type{});
+}
+
 // Per-channel statistics into so (mean, var, coef). M = N*HW > 0.
 template <typename T>
 cudaError_t run_stats(const T* x, const Workspace& w, const StatsOut& so, int64_t N, int64_t C,
@@ -822,15 +796,16 @@ cudaError_t run_stats(const T* x, const Workspace& w, const StatsOut& so, int64_
   const int64_t units = layout == Layout::NCHW ? N * g.HWv : N * HW;  // vectors / rows per channel
   const int64_t chunk = ceil_div(units, S0);
   const int64_t S = ceil_div(units, chunk);  // <= S0: no empty split
-  if (layout == Layout::NCHW) {
-    const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(S), 1);
-    if (g.V == 1) stats_nchw_kernel<T, 1><<<grid, kBlock, 0, stream>>>(x, Ci, g.HWv, units, chunk, w.partial, so);
-    else stats_nchw_kernel<T, 16 / sizeof(T)><<<grid, kBlock, 0, stream>>>(x, Ci, g.HWv, units, chunk, w.partial, so);
-  } else {
-    const dim3 grid(static_cast<unsigned>(ceil_div(g.Cv, g.tile.x)), static_cast<unsigned>(S), 1);
-    if (g.V == 1) stats_nhwc_kernel<T, 1><<<grid, g.tile, 0, stream>>>(x, Ci, g.Cv, units, chunk, w.partial, so);
-    else stats_nhwc_kernel<T, 16 / sizeof(T)><<<grid, g.tile, 0, stream>>>(x, Ci, g.Cv, units, chunk, w.partial, so);
-  }
+  with_vec<T>(g.V, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    if (layout == Layout::NCHW) {
+      const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(S), 1);
+      stats_nchw_kernel<T, V><<<grid, kBlock, 0, stream>>>(x, Ci, g.HWv, units, chunk, w.partial, so);
+    } else {
+      const dim3 grid(static_cast<unsigned>(ceil_div(g.Cv, g.tile.x)), static_cast<unsigned>(S), 1);
+      stats_nhwc_kernel<T, V><<<grid, g.tile, 0, stream>>>(x, Ci, g.Cv, units, chunk, w.partial, so);
+    }
+  });
   GF_LAUNCH_CHECK();
   if (S > 1) {
     const int64_t mult = layout == Layout::NCHW ? g.V : 1;
@@ -846,17 +821,18 @@ template <typename T>
 cudaError_t run_apply(const T* x, T* out, const Workspace& w, int64_t N, int64_t C, int64_t HW,
                       Layout layout, const Geometry& g, float slope, cudaStream_t stream) {
   const int Ci = static_cast<int>(C);
-  if (layout == Layout::NCHW) {
-    const int64_t totalv = N * C * g.HWv;
-    const unsigned grid = nchw_elem_grid(totalv);
-    if (g.V == 1) apply_nchw_kernel<T, 1><<<grid, kBlock, 0, stream>>>(x, out, w.coef, Ci, g.HWv, totalv, slope);
-    else apply_nchw_kernel<T, 16 / sizeof(T)><<<grid, kBlock, 0, stream>>>(x, out, w.coef, Ci, g.HWv, totalv, slope);
-  } else {
-    const int64_t R = N * HW;
-    const dim3 grid = nhwc_elem_grid(g, R);
-    if (g.V == 1) apply_nhwc_kernel<T, 1><<<grid, g.tile, 0, stream>>>(x, out, w.coef, Ci, g.Cv, R, slope);
-    else apply_nhwc_kernel<T, 16 / sizeof(T)><<<grid, g.tile, 0, stream>>>(x, out, w.coef, Ci, g.Cv, R, slope);
-  }
+  with_vec<T>(g.V, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    if (layout == Layout::NCHW) {
+      const int64_t totalv = N * C * g.HWv;
+      apply_nchw_kernel<T, V><<<nchw_elem_grid(totalv), kBlock, 0, stream>>>(
+          x, out, w.coef, Ci, g.HWv, totalv, slope);
+    } else {
+      const int64_t R = N * HW;
+      apply_nhwc_kernel<T, V><<<nhwc_elem_grid(g, R), g.tile, 0, stream>>>(
+          x, out, w.coef, Ci, g.Cv, R, slope);
+    }
+  });
   GF_LAUNCH_CHECK();
   return cudaSuccess;
 }
@@ -880,43 +856,39 @@ cudaError_t bwd_t(const T* g, const T* x, T* gx, const Workspace& w, const BwdOu
   const int64_t units = layout == Layout::NCHW ? N * geo.HWv : N * HW;
   const int64_t chunk = ceil_div(units, S0);
   const int64_t S = ceil_div(units, chunk);
-  constexpr int kV = 16 / sizeof(T);
-  if (layout == Layout::NCHW) {
-    const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(S), 1);
-    if (geo.V == 1) bwd_reduce_nchw_kernel<T, 1><<<grid, kBlock, 0, stream>>>(g, x, Ci, geo.HWv, units, chunk, slope, w.partial, bo);
-    else bwd_reduce_nchw_kernel<T, kV><<<grid, kBlock, 0, stream>>>(g, x, Ci, geo.HWv, units, chunk, slope, w.partial, bo);
-  } else {
-    const dim3 grid(static_cast<unsigned>(ceil_div(geo.Cv, geo.tile.x)), static_cast<unsigned>(S), 1);
-    if (geo.V == 1) bwd_reduce_nhwc_kernel<T, 1><<<grid, geo.tile, 0, stream>>>(g, x, Ci, geo.Cv, units, chunk, slope, w.partial, bo);
-    else bwd_reduce_nhwc_kernel<T, kV><<<grid, geo.tile, 0, stream>>>(g, x, Ci, geo.Cv, units, chunk, slope, w.partial, bo);
-  }
+  with_vec<T>(geo.V, [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    if (layout == Layout::NCHW) {
+      const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(S), 1);
+      bwd_reduce_nchw_kernel<T, V><<<grid, kBlock, 0, stream>>>(g, x, Ci, geo.HWv, units, chunk,
+                                                                slope, w.partial, bo);
+    } else {
+      const dim3 grid(static_cast<unsigned>(ceil_div(geo.Cv, geo.tile.x)), static_cast<unsigned>(S), 1);
+      bwd_reduce_nhwc_kernel<T, V><<<grid, geo.tile, 0, stream>>>(g, x, Ci, geo.Cv, units, chunk,
+                                                                  slope, w.partial, bo);
+    }
+  });
   GF_LAUNCH_CHECK();
   if (S > 1) {
     bwd_finalize_kernel<<<static_cast<unsigned>(ceil_div(C, kWarps)), kBlock, 0, stream>>>(
         w.partial, Ci, static_cast<int>(S), bo);
     GF_LAUNCH_CHECK();
   }
-  if (layout == Layout::NCHW) {
-    const int64_t totalv = N * C * geo.HWv;
-    const unsigned grid = nchw_elem_grid(totalv);
-    if (batch_stats) {
-      if (geo.V == 1) bwd_elem_nchw_kernel<T, 1, true><<<grid, kBlock, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.HWv, totalv, slope);
-      else bwd_elem_nchw_kernel<T, kV, true><<<grid, kBlock, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.HWv, totalv, slope);
-    } else {
-      if (geo.V == 1) bwd_elem_nchw_kernel<T, 1, false><<<grid, kBlock, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.HWv, totalv, slope);
-      else bwd_elem_nchw_kernel<T, kV, false><<<grid, kBlock, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.HWv, totalv, slope);
-    }
-  } else {
-    const int64_t R = N * HW;
-    const dim3 grid = nhwc_elem_grid(geo, R);
-    if (batch_stats) {
-      if (geo.V == 1) bwd_elem_nhwc_kernel<T, 1, true><<<grid, geo.tile, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.Cv, R, slope);
-      else bwd_elem_nhwc_kernel<T, kV, true><<<grid, geo.tile, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.Cv, R, slope);
-    } else {
-      if (geo.V == 1) bwd_elem_nhwc_kernel<T, 1, false><<<grid, geo.tile, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.Cv, R, slope);
-      else bwd_elem_nhwc_kernel<T, kV, false><<<grid, geo.tile, 0, stream>>>(g, x, gx, w.coef, w.coef2, Ci, geo.Cv, R, slope);
-    }
-  }
+  with_vec<T>(geo.V, [&](auto v) {
+    with_flag(batch_stats, [&](auto train) {
+      constexpr int V = decltype(v)::value;
+      constexpr bool kTrain = decltype(train)::value;
+      if (layout == Layout::NCHW) {
+        const int64_t totalv = N * C * geo.HWv;
+        bwd_elem_nchw_kernel<T, V, kTrain><<<nchw_elem_grid(totalv), kBlock, 0, stream>>>(
+            g, x, gx, w.coef, w.coef2, Ci, geo.HWv, totalv, slope);
+      } else {
+        const int64_t R = N * HW;
+        bwd_elem_nhwc_kernel<T, V, kTrain><<<nhwc_elem_grid(geo, R), geo.tile, 0, stream>>>(
+            g, x, gx, w.coef, w.coef2, Ci, geo.Cv, R, slope);
+      }
+    });
+  });
   GF_LAUNCH_CHECK();
   return cudaSuccess;
 }

@@ -28,14 +28,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.cuh"  // DType
+
 namespace gan_fast {
 namespace cuda {
-
-#ifndef GAN_FAST_CUDA_COMMON_TYPES
-#define GAN_FAST_CUDA_COMMON_TYPES
-// Element type of a tensor argument (same definition in gan_loss.h).
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
-#endif
 
 enum class Layout : int { NCHW = 0, NHWC = 1 };
 

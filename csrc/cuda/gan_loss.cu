@@ -21,6 +21,8 @@
 
 #include <algorithm>
 
+#include "common.cuh"
+
 namespace gan_fast {
 namespace cuda {
 namespace {
@@ -31,27 +33,7 @@ constexpr int kMultiThreads = 256;           // multi-block kernel
 constexpr int64_t kElemsPerBlock = 256 * 16;
 constexpr int64_t kMaxBlocks = 1024;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
+// (ceil_div, to_float, from_float, Pack, block_sum2, aligned16: common.cuh)
 
 // Which term of the loss a tensor feeds.
 enum Part : int { kDReal = 0, kDFake = 1, kGen = 2 };
@@ -158,31 +140,6 @@ struct LossParams {
   void* loss;
 };
 
-// Sum over the block (blockDim.x a multiple of 32, <= 1024); result in thread 0.
-__device__ __forceinline__ void block_sum2(float& a, float& b) {
-  __shared__ float sh[2][32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  if (lane == 0) {
-    sh[0][warp] = a;
-    sh[1][warp] = b;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    a = lane < nwarps ? sh[0][lane] : 0.f;
-    b = lane < nwarps ? sh[1][lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_down_sync(0xffffffffu, a, o);
-      b += __shfl_down_sync(0xffffffffu, b, o);
-    }
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ void write_loss(void* loss, bool side_d, float sum_real, float sum_fake,
                                            float div_real, float div_fake) {
@@ -232,8 +189,6 @@ int64_t plan_blocks(int64_t n) {
   if (n <= kSingleMax) return 1;
   return std::min(ceil_div(n, kElemsPerBlock), kMaxBlocks);
 }
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T, LossKind K>
 cudaError_t launch(const LossParams& p, LossSide side, int64_t blocks, int threads,

@@ -26,14 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.cuh"  // DType
+
 namespace gan_fast {
 namespace cuda {
-
-#ifndef GAN_FAST_CUDA_COMMON_TYPES
-#define GAN_FAST_CUDA_COMMON_TYPES
-// Element type of a tensor argument (same definition in bn_act.h).
-enum class DType : int { Float32 = 0, Float16 = 1, BFloat16 = 2 };
-#endif
 
 enum class LossKind : int { BCE = 0, Hinge = 1, LSGAN = 2, WGAN = 3 };
 enum class LossSide : int { D = 0, G = 1 };
