@@ -144,16 +144,22 @@ __device__ __forceinline__ void welford_push(float& n, float& S, float& mc, floa
   }
 }
 
+// Chan-merges (n, S, m2) down a warp in a fixed tree order; the result is in lane 0.
+template <typename F>
+__device__ __forceinline__ void warp_welford(F& n, F& S, F& m2) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const F nb = __shfl_down_sync(0xffffffffu, n, o);
+    const F sb = __shfl_down_sync(0xffffffffu, S, o);
+    const F qb = __shfl_down_sync(0xffffffffu, m2, o);
+    chan_merge(n, S, m2, nb, sb, qb);
+  }
+}
+
 // Deterministic block reductions for 1-D blocks of kBlock threads; result in thread 0.
 __device__ __forceinline__ void block_welford(float& n, float& S, float& m2) {
   __shared__ float sh[3][kWarps];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float nb = __shfl_down_sync(0xffffffffu, n, o);
-    const float mb = __shfl_down_sync(0xffffffffu, S, o);
-    const float qb = __shfl_down_sync(0xffffffffu, m2, o);
-    chan_merge(n, S, m2, nb, mb, qb);
-  }
+  warp_welford(n, S, m2);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) {
     sh[0][warp] = n; sh[1][warp] = S; sh[2][warp] = m2;
@@ -163,13 +169,7 @@ __device__ __forceinline__ void block_welford(float& n, float& S, float& m2) {
     n = lane < kWarps ? sh[0][lane] : 0.f;
     S = lane < kWarps ? sh[1][lane] : 0.f;
     m2 = lane < kWarps ? sh[2][lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float nb = __shfl_down_sync(0xffffffffu, n, o);
-      const float mb = __shfl_down_sync(0xffffffffu, S, o);
-      const float qb = __shfl_down_sync(0xffffffffu, m2, o);
-      chan_merge(n, S, m2, nb, mb, qb);
-    }
+    warp_welford(n, S, m2);
   }
 }
 
@@ -243,6 +243,74 @@ __device__ __forceinline__ void write_bwd(const BwdOut& bo, int64_t c, double S1
   bo.coef2[c] = make_float2(k1, k2);
 }
 
+// ------------------------------------------------------------------------- walks
+// The index walks the kernels share: f(offset) once per vector (NCHW, offsets in
+// vectors) or per row (NHWC, element offset of the thread's channel vector).
+
+// NCHW reductions: vectors m0 + threadIdx.x, + kBlock, ... < m1 of channel c's N*HWv
+// vectors (vector m is (n = m / HWv, hw = m % HWv)), position carried (no division).
+template <typename F>
+__device__ __forceinline__ void walk_channel_nchw(int C, int64_t HWv, int c, int64_t m0,
+                                                  int64_t m1, F&& f) {
+  int64_t m = m0 + threadIdx.x;
+  if (m >= m1) return;
+  int64_t h = m % HWv;
+  const int64_t rs = static_cast<int64_t>(C) * HWv;                  // vectors from n to n+1
+  int64_t off = (m / HWv) * rs + static_cast<int64_t>(c) * HWv + h;  // in vectors
+  const int64_t dn = kBlock / HWv, dh = kBlock - dn * HWv;
+  const int64_t doff = dn * rs + dh;
+  for (; m < m1; m += kBlock) {
+    f(off);
+    off += doff;
+    h += dh;
+    if (h >= HWv) {
+      h -= HWv;
+      off += rs - HWv;
+    }
+  }
+}
+
+// NCHW elementwise: grid-stride over the totalv vectors, f(i, c) with c the channel of
+// vector i, carried (no division in the loop).
+template <typename F>
+__device__ __forceinline__ void walk_grid_nchw(int C, int64_t HWv, int64_t totalv, F&& f) {
+  int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
+  if (i >= totalv) return;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
+  const int64_t row = i / HWv;
+  int64_t h = i - row * HWv;
+  int c = static_cast<int>(row % C);
+  const int64_t drow = stride / HWv, dh = stride - drow * HWv;
+  const int dc = static_cast<int>(drow % C);
+  for (; i < totalv; i += stride) {
+    f(i, c);
+    h += dh;
+    c += dc;
+    if (h >= HWv) {
+      h -= HWv;
+      ++c;
+    }
+    if (c >= C) c -= C;
+  }
+}
+
+// NHWC reductions (tiling of stats_nhwc_kernel): rows r0 + ty, r0 + ty + TY, ... < r1.
+template <int V, typename F>
+__device__ __forceinline__ void walk_split_nhwc(int C, int cv, int64_t r0, int64_t r1, F&& f) {
+  const int TY = blockDim.y, ty = threadIdx.y;
+  const int64_t step = static_cast<int64_t>(TY) * C;
+  int64_t off = (r0 + ty) * static_cast<int64_t>(C) + static_cast<int64_t>(cv) * V;
+  for (int64_t r = r0 + ty; r < r1; r += TY, off += step) f(off);
+}
+
+// NHWC elementwise: rows grid-strided over blockIdx.y / threadIdx.y.
+template <int V, typename F>
+__device__ __forceinline__ void walk_rows_nhwc(int C, int cv, int64_t R, F&& f) {
+  const int64_t rstep = static_cast<int64_t>(gridDim.y) * blockDim.y;
+  for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < R; r += rstep)
+    f(r * C + static_cast<int64_t>(cv) * V);
+}
+
 // ----------------------------------------------------------------------- kernels
 __global__ void __launch_bounds__(kBlock)
 coef_kernel(const float* __restrict__ mean, const float* __restrict__ var, float4* __restrict__ coef,
@@ -262,27 +330,13 @@ stats_nchw_kernel(const T* __restrict__ x, int C, int64_t HWv, int64_t Mv, int64
   const int64_t m1 = m0 + chunk < Mv ? m0 + chunk : Mv;
   const float K = stat_shift(x, static_cast<int64_t>(c) * HWv * V);
   float n = 0.f, S = 0.f, mc = 0.f, m2 = 0.f;
-  int64_t m = m0 + threadIdx.x;
-  if (m < m1) {
-    int64_t h = m % HWv;
-    const int64_t rs = static_cast<int64_t>(C) * HWv;      // vectors from n to n+1
-    int64_t off = (m / HWv) * rs + static_cast<int64_t>(c) * HWv + h;  // in vectors
-    const int64_t dn = kBlock / HWv, dh = kBlock - dn * HWv;
-    const int64_t doff = dn * rs + dh;
-    for (; m < m1; m += kBlock) {
-      float v[V];
-      load_vec<T, V>(x + off * V, v);
+  walk_channel_nchw(C, HWv, c, m0, m1, [&](int64_t off) {
+    float v[V];
+    load_vec<T, V>(x + off * V, v);
 #pragma unroll
-      for (int j = 0; j < V; ++j) v[j] -= K;
-      welford_push<V>(n, S, mc, m2, v);
-      off += doff;
-      h += dh;
-      if (h >= HWv) {
-        h -= HWv;
-        off += rs - HWv;
-      }
-    }
-  }
+    for (int j = 0; j < V; ++j) v[j] -= K;
+    welford_push<V>(n, S, mc, m2, v);
+  });
   block_welford(n, S, m2);
   if (threadIdx.x == 0) {
     if (gridDim.y == 1) write_stats(so, c, static_cast<double>(K) + static_cast<double>(S) / so.count, m2);
@@ -311,9 +365,7 @@ stats_nhwc_kernel(const T* __restrict__ x, int C, int Cv, int64_t R, int64_t chu
     S[j] = mc[j] = m2[j] = 0.f;
     K[j] = valid ? stat_shift(x, static_cast<int64_t>(cv) * V + j) : 0.f;
   }
-  const int64_t step = static_cast<int64_t>(TY) * C;
-  int64_t off = (r0 + ty) * static_cast<int64_t>(C) + static_cast<int64_t>(cv) * V;
-  for (int64_t r = r0 + ty; r < r1; r += TY, off += step) {
+  walk_split_nhwc<V>(C, cv, r0, r1, [&](int64_t off) {
     n += 1.f;  // counted by invalid threads too: every thread of a row ty has the same n
     if (valid) {
       float v[V];
@@ -328,7 +380,7 @@ stats_nhwc_kernel(const T* __restrict__ x, int C, int Cv, int64_t R, int64_t chu
         mc[j] = mn;
       }
     }
-  }
+  });
   // Tree over ty: at step s, rows ty < s merge row ty + s (reads [s, 2s), writes [0, s)).
   const int base = (ty * TX + tx) * V;
 #pragma unroll
@@ -404,13 +456,7 @@ stats_finalize_kernel(const float2* __restrict__ partial, const T* __restrict__ 
       chan_merge(n, sum, m2, nb, static_cast<double>(p.x), static_cast<double>(p.y));
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const double nb = __shfl_down_sync(0xffffffffu, n, o);
-    const double sb = __shfl_down_sync(0xffffffffu, sum, o);
-    const double qb = __shfl_down_sync(0xffffffffu, m2, o);
-    chan_merge(n, sum, m2, nb, sb, qb);
-  }
+  warp_welford(n, sum, m2);
   if (lane == 0) {
     const double K = so.count > 0 ? static_cast<double>(stat_shift(x, c * cstride)) : 0.0;
     write_stats(so, c, so.count > 0 ? K + sum / so.count : 0.0, m2);
@@ -422,29 +468,14 @@ template <typename T, int V>
 __global__ void __launch_bounds__(kBlock)
 apply_nchw_kernel(const T* __restrict__ x, T* __restrict__ out, const float4* __restrict__ coef,
                   int C, int64_t HWv, int64_t totalv, float slope) {
-  int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
-  if (i >= totalv) return;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  const int64_t row = i / HWv;
-  int64_t h = i - row * HWv;
-  int c = static_cast<int>(row % C);
-  const int64_t drow = stride / HWv, dh = stride - drow * HWv;
-  const int dc = static_cast<int>(drow % C);
-  for (; i < totalv; i += stride) {
+  walk_grid_nchw(C, HWv, totalv, [&](int64_t i, int c) {
     const float4 k = coef[c];
     float v[V];
     load_vec<T, V>(x + i * V, v);
 #pragma unroll
     for (int j = 0; j < V; ++j) v[j] = leaky(fmaf(v[j] - k.x, k.y, k.z), slope);
     store_vec<T, V>(out + i * V, v);
-    h += dh;
-    c += dc;
-    if (h >= HWv) {
-      h -= HWv;
-      ++c;
-    }
-    if (c >= C) c -= C;
-  }
+  });
 }
 
 // out = leaky((x - mean) * a + b), NHWC, 2-D tiling (see stats_nhwc_kernel), rows grid-strided.
@@ -457,15 +488,13 @@ apply_nhwc_kernel(const T* __restrict__ x, T* __restrict__ out, const float4* __
   float4 k[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) k[j] = coef[static_cast<int64_t>(cv) * V + j];
-  const int64_t rstep = static_cast<int64_t>(gridDim.y) * blockDim.y;
-  for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < R; r += rstep) {
-    const int64_t off = r * C + static_cast<int64_t>(cv) * V;
+  walk_rows_nhwc<V>(C, cv, R, [&](int64_t off) {
     float v[V];
     load_vec<T, V>(x + off, v);
 #pragma unroll
     for (int j = 0; j < V; ++j) v[j] = leaky(fmaf(v[j] - k[j].x, k[j].y, k[j].z), slope);
     store_vec<T, V>(out + off, v);
-  }
+  });
 }
 
 // dz and (x - mean) of one element.
@@ -487,32 +516,18 @@ bwd_reduce_nchw_kernel(const T* __restrict__ g, const T* __restrict__ x, int C, 
   const int64_t m1 = m0 + chunk < Mv ? m0 + chunk : Mv;
   const float4 k = bo.coef[c];
   float s1 = 0.f, s2 = 0.f;
-  int64_t m = m0 + threadIdx.x;
-  if (m < m1) {
-    int64_t h = m % HWv;
-    const int64_t rs = static_cast<int64_t>(C) * HWv;
-    int64_t off = (m / HWv) * rs + static_cast<int64_t>(c) * HWv + h;
-    const int64_t dn = kBlock / HWv, dh = kBlock - dn * HWv;
-    const int64_t doff = dn * rs + dh;
-    for (; m < m1; m += kBlock) {
-      float xv[V], gv[V];
-      load_vec<T, V>(x + off * V, xv);
-      load_vec<T, V>(g + off * V, gv);
+  walk_channel_nchw(C, HWv, c, m0, m1, [&](int64_t off) {
+    float xv[V], gv[V];
+    load_vec<T, V>(x + off * V, xv);
+    load_vec<T, V>(g + off * V, gv);
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        float dz, xc;
-        bwd_terms(xv[j], gv[j], k, slope, dz, xc);
-        s1 += dz;
-        s2 += dz * xc;
-      }
-      off += doff;
-      h += dh;
-      if (h >= HWv) {
-        h -= HWv;
-        off += rs - HWv;
-      }
+    for (int j = 0; j < V; ++j) {
+      float dz, xc;
+      bwd_terms(xv[j], gv[j], k, slope, dz, xc);
+      s1 += dz;
+      s2 += dz * xc;
     }
-  }
+  });
   block_sum2(s1, s2);
   if (threadIdx.x == 0) {
     if (gridDim.y == 1) write_bwd(bo, c, s1, s2);
@@ -540,9 +555,7 @@ bwd_reduce_nhwc_kernel(const T* __restrict__ g, const T* __restrict__ x, int C, 
     k[j] = valid ? bo.coef[static_cast<int64_t>(cv) * V + j] : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   if (valid) {
-    const int64_t step = static_cast<int64_t>(TY) * C;
-    int64_t off = (r0 + ty) * static_cast<int64_t>(C) + static_cast<int64_t>(cv) * V;
-    for (int64_t r = r0 + ty; r < r1; r += TY, off += step) {
+    walk_split_nhwc<V>(C, cv, r0, r1, [&](int64_t off) {
       float xv[V], gv[V];
       load_vec<T, V>(x + off, xv);
       load_vec<T, V>(g + off, gv);
@@ -553,7 +566,7 @@ bwd_reduce_nhwc_kernel(const T* __restrict__ g, const T* __restrict__ x, int C, 
         s1[j] += dz;
         s2[j] += dz * xc;
       }
-    }
+    });
   }
   const int base = (ty * TX + tx) * V;
 #pragma unroll
@@ -599,11 +612,7 @@ bwd_finalize_kernel(const float2* __restrict__ partial, int C, int S, BwdOut bo)
     a += p.x;
     b += p.y;
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    a += __shfl_down_sync(0xffffffffu, a, o);
-    b += __shfl_down_sync(0xffffffffu, b, o);
-  }
+  warp_sum2(a, b);
   if (lane == 0) write_bwd(bo, c, a, b);
 }
 
@@ -622,15 +631,7 @@ __global__ void __launch_bounds__(kBlock)
 bwd_elem_nchw_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                      const float4* __restrict__ coef, const float2* __restrict__ coef2, int C,
                      int64_t HWv, int64_t totalv, float slope) {
-  int64_t i = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x;
-  if (i >= totalv) return;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
-  const int64_t row = i / HWv;
-  int64_t h = i - row * HWv;
-  int c = static_cast<int>(row % C);
-  const int64_t drow = stride / HWv, dh = stride - drow * HWv;
-  const int dc = static_cast<int>(drow % C);
-  for (; i < totalv; i += stride) {
+  walk_grid_nchw(C, HWv, totalv, [&](int64_t i, int c) {
     const float4 k = coef[c];
     const float2 k2 = kTrain ? coef2[c] : make_float2(0.f, 0.f);
     float xv[V], gv[V];
@@ -639,14 +640,7 @@ bwd_elem_nchw_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __rest
 #pragma unroll
     for (int j = 0; j < V; ++j) xv[j] = bwd_elem<kTrain>(xv[j], gv[j], k, k2, slope);
     store_vec<T, V>(gx + i * V, xv);
-    h += dh;
-    c += dc;
-    if (h >= HWv) {
-      h -= HWv;
-      ++c;
-    }
-    if (c >= C) c -= C;
-  }
+  });
 }
 
 // grad_x, NHWC (as apply_nhwc_kernel).
@@ -664,16 +658,14 @@ bwd_elem_nhwc_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __rest
     k[j] = coef[static_cast<int64_t>(cv) * V + j];
     k2[j] = kTrain ? coef2[static_cast<int64_t>(cv) * V + j] : make_float2(0.f, 0.f);
   }
-  const int64_t rstep = static_cast<int64_t>(gridDim.y) * blockDim.y;
-  for (int64_t r = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; r < R; r += rstep) {
-    const int64_t off = r * C + static_cast<int64_t>(cv) * V;
+  walk_rows_nhwc<V>(C, cv, R, [&](int64_t off) {
     float xv[V], gv[V];
     load_vec<T, V>(x + off, xv);
     load_vec<T, V>(g + off, gv);
 #pragma unroll
     for (int j = 0; j < V; ++j) xv[j] = bwd_elem<kTrain>(xv[j], gv[j], k[j], k2[j], slope);
     store_vec<T, V>(gx + off, xv);
-  }
+  });
 }
 
 // ------------------------------------------------------------------ host planning
@@ -709,7 +701,7 @@ struct Workspace {
 
 Workspace carve(void* ws, int64_t C) {
   char* p = static_cast<char*>(ws);
-  Workspace w;
+  Workspace w{};
   w.coef = reinterpret_cast<float4*>(p);
   p += align_up(sizeof(float4) * C);
   w.coef2 = reinterpret_cast<float2*>(p);
@@ -769,6 +761,50 @@ bool valid_sizes(int64_t N, int64_t C, int64_t HW) {
 
 bool valid_dtype(DType d) {
   return d == DType::Float32 || d == DType::Float16 || d == DType::BFloat16;
+}
+
+// The checks every launcher starts with; `layout` becomes the effective one.
+bool valid_args(int64_t N, int64_t C, int64_t HW, Layout& layout, DType dtype) {
+  if (!valid_sizes(N, C, HW) || !valid_dtype(dtype)) return false;
+  if (layout != Layout::NCHW && layout != Layout::NHWC) return false;
+  layout = effective_layout(HW, layout);
+  return true;
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Returns f(TypeTag<T>{}) with T the element type of `dtype` (valid_dtype).
+template <typename F>
+cudaError_t with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float16: return f(TypeTag<__half>{});
+    case DType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
+    default: return f(TypeTag<float>{});
+  }
+}
+
+// The launchers' weight / bias arguments as an Affine; false when has_affine lacks one.
+bool affine_of(const void* weight, DType wdt, const void* bias, DType bdt, bool has_affine,
+               float eps, Affine& af) {
+  if (has_affine && (weight == nullptr || bias == nullptr)) return false;
+  af = Affine{weight, bias, wdt, bdt, has_affine ? 1 : 0, eps};
+  return true;
+}
+
+// Eval forward and backward, given statistics: checks the affine arguments, carves the
+// workspace into w and computes the per-channel coefficients into it.
+cudaError_t given_stats_coef(const void* weight, DType wdt, const void* bias, DType bdt,
+                             bool has_affine, float eps, const float* mean, const float* var,
+                             void* workspace, int64_t C, cudaStream_t stream, Workspace& w) {
+  Affine af;
+  if (!affine_of(weight, wdt, bias, bdt, has_affine, eps, af)) return cudaErrorInvalidValue;
+  w = carve(workspace, C);
+  coef_kernel<<<static_cast<unsigned>(ceil_div(C, kBlock)), kBlock, 0, stream>>>(
+      mean, var, w.coef, af, static_cast<int>(C));
+  return cudaGetLastError();
 }
 
 // ---------------------------------------------------------------- typed drivers
@@ -908,20 +944,18 @@ cudaError_t bn_act_train_fwd(const void* x, const void* weight, DType weight_dty
                              float* var, void* workspace, int64_t N, int64_t C, int64_t HW,
                              Layout layout, DType dtype, float eps, float negative_slope,
                              bool has_affine, cudaStream_t stream) {
-  if (!valid_sizes(N, C, HW) || !valid_dtype(dtype)) return cudaErrorInvalidValue;
-  if (layout != Layout::NCHW && layout != Layout::NHWC) return cudaErrorInvalidValue;
-  layout = effective_layout(HW, layout);
+  if (!valid_args(N, C, HW, layout, dtype)) return cudaErrorInvalidValue;
   if (C == 0) return cudaSuccess;
   const int64_t M = N * HW;
   if (mean == nullptr || var == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
   if (M > 0 && (x == nullptr || out == nullptr)) return cudaErrorInvalidValue;
-  if (has_affine && (weight == nullptr || bias == nullptr)) return cudaErrorInvalidValue;
-  const Workspace w = carve(workspace, C);
   StatsOut so;
+  if (!affine_of(weight, weight_dtype, bias, bias_dtype, has_affine, eps, so.af))
+    return cudaErrorInvalidValue;
+  const Workspace w = carve(workspace, C);
   so.mean = mean;
   so.var = var;
   so.coef = w.coef;
-  so.af = Affine{weight, bias, weight_dtype, bias_dtype, has_affine ? 1 : 0, eps};
   so.count = static_cast<double>(M);
   if (M == 0) {  // NaN statistics, nothing to apply
     stats_finalize_kernel<float><<<static_cast<unsigned>(ceil_div(C, kWarps)), kBlock, 0, stream>>>(
@@ -929,18 +963,11 @@ cudaError_t bn_act_train_fwd(const void* x, const void* weight, DType weight_dty
     GF_LAUNCH_CHECK();
     return cudaSuccess;
   }
-  switch (dtype) {
-    case DType::Float16:
-      return train_fwd_t<__half>(static_cast<const __half*>(x), static_cast<__half*>(out), w, so,
-                                 N, C, HW, layout, negative_slope, stream);
-    case DType::BFloat16:
-      return train_fwd_t<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(x),
-                                        static_cast<__nv_bfloat16*>(out), w, so, N, C, HW, layout,
-                                        negative_slope, stream);
-    default:
-      return train_fwd_t<float>(static_cast<const float*>(x), static_cast<float*>(out), w, so, N,
-                                C, HW, layout, negative_slope, stream);
-  }
+  return with_dtype(dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    return train_fwd_t<T>(static_cast<const T*>(x), static_cast<T*>(out), w, so, N, C, HW, layout,
+                          negative_slope, stream);
+  });
 }
 
 cudaError_t bn_act_eval_fwd(const void* x, const void* weight, DType weight_dtype,
@@ -948,36 +975,20 @@ cudaError_t bn_act_eval_fwd(const void* x, const void* weight, DType weight_dtyp
                             const float* var, void* out, void* workspace, int64_t N, int64_t C,
                             int64_t HW, Layout layout, DType dtype, float eps,
                             float negative_slope, bool has_affine, cudaStream_t stream) {
-  if (!valid_sizes(N, C, HW) || !valid_dtype(dtype)) return cudaErrorInvalidValue;
-  if (layout != Layout::NCHW && layout != Layout::NHWC) return cudaErrorInvalidValue;
-  layout = effective_layout(HW, layout);
+  if (!valid_args(N, C, HW, layout, dtype)) return cudaErrorInvalidValue;
   if (C == 0 || N * HW == 0) return cudaSuccess;
   if (x == nullptr || out == nullptr || mean == nullptr || var == nullptr || workspace == nullptr)
     return cudaErrorInvalidValue;
-  if (has_affine && (weight == nullptr || bias == nullptr)) return cudaErrorInvalidValue;
-  const Workspace w = carve(workspace, C);
-  const Affine af{weight, bias, weight_dtype, bias_dtype, has_affine ? 1 : 0, eps};
-  coef_kernel<<<static_cast<unsigned>(ceil_div(C, kBlock)), kBlock, 0, stream>>>(
-      mean, var, w.coef, af, static_cast<int>(C));
-  GF_LAUNCH_CHECK();
-  switch (dtype) {
-    case DType::Float16: {
-      const Geometry g = geometry<__half>(C, HW, layout, x, out, x);
-      return run_apply<__half>(static_cast<const __half*>(x), static_cast<__half*>(out), w, N, C,
-                               HW, layout, g, negative_slope, stream);
-    }
-    case DType::BFloat16: {
-      const Geometry g = geometry<__nv_bfloat16>(C, HW, layout, x, out, x);
-      return run_apply<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(x),
-                                      static_cast<__nv_bfloat16*>(out), w, N, C, HW, layout, g,
-                                      negative_slope, stream);
-    }
-    default: {
-      const Geometry g = geometry<float>(C, HW, layout, x, out, x);
-      return run_apply<float>(static_cast<const float*>(x), static_cast<float*>(out), w, N, C, HW,
-                              layout, g, negative_slope, stream);
-    }
-  }
+  Workspace w{};
+  const cudaError_t e = given_stats_coef(weight, weight_dtype, bias, bias_dtype, has_affine, eps,
+                                         mean, var, workspace, C, stream, w);
+  if (e != cudaSuccess) return e;
+  return with_dtype(dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    const Geometry g = geometry<T>(C, HW, layout, x, out, x);
+    return run_apply<T>(static_cast<const T*>(x), static_cast<T*>(out), w, N, C, HW, layout, g,
+                        negative_slope, stream);
+  });
 }
 
 cudaError_t bn_act_bwd(const void* grad_out, const void* x, const void* weight,
@@ -986,20 +997,16 @@ cudaError_t bn_act_bwd(const void* grad_out, const void* x, const void* weight,
                        void* grad_bias, DType gb_dtype, void* workspace, int64_t N, int64_t C,
                        int64_t HW, Layout layout, DType dtype, float eps, float negative_slope,
                        bool has_affine, bool batch_stats, cudaStream_t stream) {
-  if (!valid_sizes(N, C, HW) || !valid_dtype(dtype)) return cudaErrorInvalidValue;
-  if (layout != Layout::NCHW && layout != Layout::NHWC) return cudaErrorInvalidValue;
-  layout = effective_layout(HW, layout);
+  if (!valid_args(N, C, HW, layout, dtype)) return cudaErrorInvalidValue;
   if (C == 0) return cudaSuccess;
   const int64_t M = N * HW;
   if (mean == nullptr || var == nullptr || workspace == nullptr) return cudaErrorInvalidValue;
   if (M > 0 && (x == nullptr || grad_out == nullptr || grad_x == nullptr))
     return cudaErrorInvalidValue;
-  if (has_affine && (weight == nullptr || bias == nullptr)) return cudaErrorInvalidValue;
-  const Workspace w = carve(workspace, C);
-  const Affine af{weight, bias, weight_dtype, bias_dtype, has_affine ? 1 : 0, eps};
-  coef_kernel<<<static_cast<unsigned>(ceil_div(C, kBlock)), kBlock, 0, stream>>>(
-      mean, var, w.coef, af, static_cast<int>(C));
-  GF_LAUNCH_CHECK();
+  Workspace w{};
+  const cudaError_t e = given_stats_coef(weight, weight_dtype, bias, bias_dtype, has_affine, eps,
+                                         mean, var, workspace, C, stream, w);
+  if (e != cudaSuccess) return e;
   BwdOut bo;
   bo.coef = w.coef;
   bo.coef2 = w.coef2;
@@ -1015,21 +1022,12 @@ cudaError_t bn_act_bwd(const void* grad_out, const void* x, const void* weight,
     GF_LAUNCH_CHECK();
     return cudaSuccess;
   }
-  switch (dtype) {
-    case DType::Float16:
-      return bwd_t<__half>(static_cast<const __half*>(grad_out), static_cast<const __half*>(x),
-                           static_cast<__half*>(grad_x), w, bo, N, C, HW, layout, negative_slope,
-                           batch_stats, stream);
-    case DType::BFloat16:
-      return bwd_t<__nv_bfloat16>(static_cast<const __nv_bfloat16*>(grad_out),
-                                  static_cast<const __nv_bfloat16*>(x),
-                                  static_cast<__nv_bfloat16*>(grad_x), w, bo, N, C, HW, layout,
-                                  negative_slope, batch_stats, stream);
-    default:
-      return bwd_t<float>(static_cast<const float*>(grad_out), static_cast<const float*>(x),
-                          static_cast<float*>(grad_x), w, bo, N, C, HW, layout, negative_slope,
-                          batch_stats, stream);
-  }
+  return with_dtype(dtype, [&](auto t) {
+    using T = typename decltype(t)::type;
+    return bwd_t<T>(static_cast<const T*>(grad_out), static_cast<const T*>(x),
+                    static_cast<T*>(grad_x), w, bo, N, C, HW, layout, negative_slope, batch_stats,
+                    stream);
+  });
 }
 
 }  // namespace cuda

@@ -48,15 +48,21 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
-// Sums (a, b) over a 1-D block (blockDim.x a multiple of 32, <= 1024) in a fixed tree
-// order (deterministic); the result is in thread 0.
-__device__ __forceinline__ void block_sum2(float& a, float& b) {
-  __shared__ float sh[2][32];
+// Sums (a, b) down a warp in a fixed tree order; the result is in lane 0.
+template <typename F>
+__device__ __forceinline__ void warp_sum2(F& a, F& b) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     a += __shfl_down_sync(0xffffffffu, a, o);
     b += __shfl_down_sync(0xffffffffu, b, o);
   }
+}
+
+// Sums (a, b) over a 1-D block (blockDim.x a multiple of 32, <= 1024) in a fixed tree
+// order (deterministic); the result is in thread 0.
+__device__ __forceinline__ void block_sum2(float& a, float& b) {
+  __shared__ float sh[2][32];
+  warp_sum2(a, b);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   if (lane == 0) {
     sh[0][warp] = a;
@@ -66,11 +72,7 @@ __device__ __forceinline__ void block_sum2(float& a, float& b) {
   if (warp == 0) {
     a = lane < nwarps ? sh[0][lane] : 0.f;
     b = lane < nwarps ? sh[1][lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      a += __shfl_down_sync(0xffffffffu, a, o);
-      b += __shfl_down_sync(0xffffffffu, b, o);
-    }
+    warp_sum2(a, b);
   }
 }
 #endif  // __CUDACC__
