@@ -1,8 +1,11 @@
-// The one place that defines gan_fast's op schemas (torch.ops.gan_fast_C.*),
-// registers the CPU kernels, and exposes compiled_device_types() to Python.
-// The CUDA kernels are registered by csrc/cuda/bindings_cuda.cpp
+// Defines the schemas of the kernel ops (TORCH_LIBRARY(gan_fast_C): bn_act_train_fwd,
+// bn_act_eval_fwd, bn_act_bwd, gan_loss_fwd), registers their CPU kernels, and exposes
+// compiled_device_types() to Python. The eager autograd ops add their own schemas next
+// to their code (TORCH_LIBRARY_FRAGMENT in bn_act_autograd.cpp, conv_bn_act_autograd.cpp,
+// gan_loss_autograd.cpp). The CUDA kernels are registered by csrc/cuda/bindings_cuda.cpp
 // (TORCH_LIBRARY_IMPL(gan_fast_C, CUDA, m)) when the build has CUDA.
-// Schemas and the contract: csrc/README.md and gan_fast/reference.py.
+// Schemas and the contract: csrc/README.md and gan_fast/reference.py; what the CPU and
+// CUDA bindings share (layouts, loss arguments): csrc/cuda/contract.h.
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "cpu/cpu_ops.h"
+#include "cuda/contract.h"
 
 namespace {
 
@@ -34,8 +38,7 @@ void check_x(const Tensor& x, const char* name) {
                    " must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK(x.device().is_cpu(), "gan_fast bn_act (CPU kernel): ", name,
               " must be a CPU tensor, got ", x.device());
-  TORCH_CHECK_VALUE(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "gan_fast bn_act: ", name,
+  TORCH_CHECK_VALUE(gan_fast::is_dense(x), "gan_fast bn_act: ", name,
                     " must be contiguous NCHW or channels_last, got strides ", x.strides());
   TORCH_CHECK_VALUE(x.size(1) > 0, "gan_fast bn_act: ", name, " must have at least one channel");
 }
@@ -110,15 +113,8 @@ std::tuple<Tensor, Tensor, Tensor> bn_act_bwd_cpu(const Tensor& grad_out, const 
                                    batch_stats);
 }
 
-gan_fast::cpu::LossKind parse_kind(c10::string_view kind_sv) {
-  const std::string kind(kind_sv.data(), kind_sv.size());
-  if (kind == "bce") return gan_fast::cpu::LossKind::bce;
-  if (kind == "hinge") return gan_fast::cpu::LossKind::hinge;
-  if (kind == "lsgan") return gan_fast::cpu::LossKind::lsgan;
-  if (kind == "wgan") return gan_fast::cpu::LossKind::wgan;
-  TORCH_CHECK_VALUE(false, "gan_fast gan_loss: kind must be one of bce, hinge, lsgan, wgan, got '",
-                    kind, "'");
-}
+static_assert(static_cast<int>(gan_fast::cpu::LossKind::wgan) == gan_fast::kNumLossKinds - 1,
+              "cpu::LossKind follows the order of gan_fast::kLossKinds");
 
 void check_logits(const Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(is_supported_dtype(t.scalar_type()), "gan_fast gan_loss: ", name,
@@ -132,21 +128,17 @@ std::tuple<Tensor, Tensor, Tensor> gan_loss_fwd_cpu(const optional<Tensor>& real
                                                     c10::string_view side,
                                                     c10::string_view reduction,
                                                     double label_smoothing) {
-  const auto k = parse_kind(kind);
-  const std::string side_s(side.data(), side.size());
-  const std::string red_s(reduction.data(), reduction.size());
-  TORCH_CHECK_VALUE(side_s == "d" || side_s == "g",
-                    "gan_fast gan_loss: side must be 'd' or 'g', got '", side_s, "'");
-  TORCH_CHECK_VALUE(red_s == "mean" || red_s == "sum",
-                    "gan_fast gan_loss: reduction must be 'mean' or 'sum', got '", red_s, "'");
+  constexpr const char* op = "gan_fast gan_loss";
+  const auto k = static_cast<gan_fast::cpu::LossKind>(gan_fast::loss_kind(kind, op));
+  const bool side_g = gan_fast::loss_side_g(side, op);
+  const bool mean = gan_fast::loss_mean(reduction, op);
   check_logits(fake, "fake");
-  const bool side_g = side_s == "g";
   if (!side_g) {
     TORCH_CHECK_VALUE(real.has_value(), "gan_fast gan_loss: side 'd' needs real logits, got None");
     check_logits(*real, "real");
   }
-  return gan_fast::cpu::gan_loss_fwd(side_g ? std::nullopt : real, fake, k, side_g,
-                                     red_s == "mean", label_smoothing);
+  return gan_fast::cpu::gan_loss_fwd(side_g ? std::nullopt : real, fake, k, side_g, mean,
+                                     label_smoothing);
 }
 
 std::vector<std::string> compiled_device_types() {

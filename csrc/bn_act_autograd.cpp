@@ -1,5 +1,6 @@
-// Eager-mode bn_act with its autograd in C++: the entry points the Python
-// functional API calls on the cpu and cuda backends.
+// Eager-mode bn_act with its autograd in C++: the entry points that
+// gan_fast.ops.bn_act (train_update, eval_mode; through gan_fast.kernels.cpp)
+// calls on the cpu and cuda backends.
 //
 //   bn_act_train_eager(x, weight?, bias?, running_mean?, running_var?,
 //                      num_batches_tracked?, momentum?, eps, negative_slope) -> out

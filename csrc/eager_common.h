@@ -8,6 +8,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "cuda/contract.h"
+
 #include <array>
 #include <optional>
 #include <string>
@@ -46,17 +48,11 @@ inline auto& bwd_op() {
   return op;
 }
 
-inline at::MemoryFormat format_of(const Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
+// The layout of x's outputs and gradients (stock's rule, cuda/contract.h).
+inline at::MemoryFormat format_of(const Tensor& x) { return gan_fast::memory_format(x); }
 
 // x as contiguous NCHW or channels_last, the two layouts the kernels take
-inline Tensor dense(const Tensor& x) {
-  if (x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast)) return x;
-  return x.contiguous();
-}
+inline Tensor dense(const Tensor& x) { return gan_fast::is_dense(x) ? x : x.contiguous(); }
 
 inline at::ScalarType stat_dtype(const Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

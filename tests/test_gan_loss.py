@@ -288,3 +288,26 @@ def test_module_under_torch_compile():
     close(got, want, torch.float32)
     got.backward()
     assert real.grad is not None and fake.grad is not None
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_compiled_op_takes_the_canonical_loss_arguments_only(device):
+    """The compiled op (CPU and CUDA kernels: one list, csrc/cuda/contract.h) takes the
+    canonical kinds; the Python API resolves the aliases ('nonsaturating') before it."""
+    from gan_fast import backends
+    reason = backends.why_unavailable("cuda" if device == "cuda" else "cpu", device)
+    if reason is not None:
+        pytest.skip(reason)
+    import gan_fast.kernels.cpp  # noqa: F401  (loads gan_fast._C)
+    op = torch.ops.gan_fast_C.gan_loss_fwd
+    r, f = torch.randn(4, device=device), torch.randn(4, device=device)
+    for kind in reference.LOSS_KINDS:
+        loss, _, _ = op(r, f, kind, "d", "mean", 0.0)
+        torch.testing.assert_close(loss, reference.gan_loss_fwd(r, f, kind, "d", "mean", 0.0)[0])
+    for args, match in (((r, f, "nonsaturating", "d", "mean", 0.0), "kind must be one of"),
+                        ((r, f, "bce", "both", "mean", 0.0), "side must be"),
+                        ((r, f, "bce", "d", "none", 0.0), "reduction must be")):
+        with pytest.raises(ValueError, match=match):
+            op(*args)
+    assert float(functional.gan_loss(r, f, "nonsaturating")) == float(
+        functional.gan_loss(r, f, "bce"))

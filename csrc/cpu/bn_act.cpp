@@ -18,6 +18,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "../cuda/contract.h"
 #include "cpu_ops.h"
 
 namespace gan_fast::cpu {
@@ -146,12 +147,8 @@ bool use_local(const BnShape& s, int64_t elem_size) {
   return channel_local(s, elem_size) && !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
-bool is_channels_last(const at::Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 BnShape shape_of(const at::Tensor& x) {
-  return BnShape{x.size(0), x.size(1), x.size(2) * x.size(3), is_channels_last(x)};
+  return BnShape{x.size(0), x.size(1), x.size(2) * x.size(3), gan_fast::channels_last(x)};
 }
 
 at::MemoryFormat format_of(const BnShape& s) {

@@ -30,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd(
     const std::optional<at::Tensor>& bias, const at::Tensor& mean,
     const at::Tensor& var, double eps, double negative_slope, bool batch_stats);
 
-enum class LossKind { bce, hinge, lsgan, wgan };
+enum class LossKind { bce, hinge, lsgan, wgan };  // the order of kLossKinds (cuda/contract.h)
 
 // real may be absent (side g). Returns (loss 0-dim in fake's dtype,
 // grad_real (empty when side g), grad_fake); grads are contiguous.

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "bn_act.h"
+#include "contract.h"
 #include "gan_loss.h"
 
 namespace {
@@ -63,19 +64,12 @@ XInfo check_x(const at::Tensor& x, const char* op, const char* arg = "x") {
   xi.N = x.size(0);
   xi.C = x.size(1);
   xi.HW = x.size(2) * x.size(3);
-  // A tensor that is both (size-1 dims) has the same element order either way:
-  // NCHW, and the outputs get the contiguous format, like the reference.
-  if (x.is_contiguous()) {
-    xi.layout = gf::Layout::NCHW;
-    xi.fmt = at::MemoryFormat::Contiguous;
-  } else if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    xi.layout = gf::Layout::NHWC;
-    xi.fmt = at::MemoryFormat::ChannelsLast;
-  } else {
-    TORCH_CHECK(false, op, ": ", arg,
-                " must be contiguous in NCHW or channels_last memory format, got strides ",
-                x.strides(), " for shape ", x.sizes(), " (call .contiguous())");
-  }
+  TORCH_CHECK(gan_fast::is_dense(x), op, ": ", arg,
+              " must be contiguous in NCHW or channels_last memory format, got strides ",
+              x.strides(), " for shape ", x.sizes(), " (call .contiguous())");
+  // the outputs' layout (contract.h): a tensor that is both (size-1 dims) is NCHW
+  xi.fmt = gan_fast::memory_format(x);
+  xi.layout = xi.fmt == at::MemoryFormat::ChannelsLast ? gf::Layout::NHWC : gf::Layout::NCHW;
   TORCH_CHECK(xi.C <= (int64_t(1) << 30), op, ": ", arg, " has too many channels (", xi.C, ")");
   return xi;
 }
@@ -217,25 +211,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_bwd_cuda(
 }
 
 // ------------------------------------------------------------------ gan_loss
-gf::LossKind parse_kind(c10::string_view kind, const char* op) {
-  if (kind == "bce" || kind == "nonsaturating") return gf::LossKind::BCE;
-  if (kind == "hinge") return gf::LossKind::Hinge;
-  if (kind == "lsgan") return gf::LossKind::LSGAN;
-  if (kind == "wgan") return gf::LossKind::WGAN;
-  TORCH_CHECK(false, op, ": kind must be one of bce, hinge, lsgan, wgan, got '", std::string(kind), "'");
-  return gf::LossKind::BCE;  // unreachable
-}
+static_assert(static_cast<int>(gf::LossKind::WGAN) == gan_fast::kNumLossKinds - 1,
+              "cuda::LossKind follows the order of gan_fast::kLossKinds");
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_fwd_cuda(
     const std::optional<at::Tensor>& real, const at::Tensor& fake, c10::string_view kind,
     c10::string_view side, c10::string_view reduction, double label_smoothing) {
   constexpr const char* op = "gan_fast_C::gan_loss_fwd";
-  const gf::LossKind k = parse_kind(kind, op);
-  TORCH_CHECK(side == "d" || side == "g", op, ": side must be 'd' or 'g', got '",
-              std::string(side), "'");
-  TORCH_CHECK(reduction == "mean" || reduction == "sum", op,
-              ": reduction must be 'mean' or 'sum', got '", std::string(reduction), "'");
-  const bool side_d = side == "d";
+  const auto k = static_cast<gf::LossKind>(gan_fast::loss_kind(kind, op));
+  const bool side_d = !gan_fast::loss_side_g(side, op);
+  const bool mean = gan_fast::loss_mean(reduction, op);
   TORCH_CHECK(fake.is_cuda(), op, ": fake must be a CUDA tensor, got one on ", fake.device());
   const gf::DType dt = kernel_dtype(fake.scalar_type(), op, "fake");
   const at::Tensor f = fake.contiguous();
@@ -262,8 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_fwd_cuda(
                                 loss.data_ptr(), side_d ? grad_real.data_ptr() : nullptr,
                                 grad_fake.data_ptr(), bytes > 0 ? ws.data_ptr() : nullptr, dt, k,
                                 side_d ? gf::LossSide::D : gf::LossSide::G,
-                                reduction == "mean" ? gf::LossReduction::Mean
-                                                    : gf::LossReduction::Sum,
+                                mean ? gf::LossReduction::Mean : gf::LossReduction::Sum,
                                 label_smoothing, current_stream(fake)),
                op);
   return {loss, grad_real, grad_fake};
