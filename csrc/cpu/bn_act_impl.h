@@ -517,43 +517,49 @@ void local_nchw(const T* x, const T* g, T* out, const BnShape& s, const ROp& rop
 
 // ------------------------------------------------------- typed entry points
 template <typename T>
-void stats_t(const void* x, const BnShape& s, const void* K, double* X, double* Q) {
-  using acc_t = typename AccOf<T>::type;
-  const StatsOp<acc_t> op{static_cast<const acc_t*>(K)};
-  const T* px = static_cast<const T*>(x);
-  double* const out[2] = {X, Q};
-  if (s.channels_last) {
-    reduce_cl<T>(px, nullptr, s, op, out);
+using Acc = typename AccOf<T>::type;
+
+template <typename acc_t>
+const acc_t* as(const void* p) {
+  return static_cast<const acc_t*>(p);
+}
+
+// The ops from the kernels' type-erased per-channel arrays (acc_t each).
+template <typename acc_t>
+FwdOp<acc_t> fwd_op(const void* mean, const void* scale, const void* bias, double slope) {
+  return {as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)};
+}
+
+template <typename acc_t>
+BwdReduceOp<acc_t> bwd_reduce_op(const void* mean, const void* scale, const void* bias,
+                                 double slope) {
+  return {as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)};
+}
+
+template <typename acc_t, bool kBatch>
+BwdApplyOp<acc_t, kBatch> bwd_apply_op(const void* mean, const void* scale, const void* bias,
+                                       const void* B, const void* K2, double slope) {
+  return {as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias),
+          as<acc_t>(B),    as<acc_t>(K2),    static_cast<acc_t>(slope)};
+}
+
+// Calls f(std::integral_constant<bool, batch_stats>{}).
+template <typename F>
+void with_batch(bool batch_stats, const F& f) {
+  if (batch_stats) {
+    f(std::true_type{});
   } else {
-    reduce_nchw<T>(px, nullptr, s, op, out);
+    f(std::false_type{});
   }
 }
 
-template <typename T>
-void apply_t(const void* x, void* out, const BnShape& s, const void* mean, const void* scale,
-             const void* bias, double slope) {
-  using acc_t = typename AccOf<T>::type;
-  const FwdOp<acc_t> op{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
-                        static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
-  const T* px = static_cast<const T*>(x);
-  T* po = static_cast<T*>(out);
-  if (s.channels_last) {
-    map_cl<T>(px, nullptr, po, s, op);
-  } else {
-    map_nchw<T>(px, nullptr, po, s, op);
-  }
-}
-
-template <typename T>
-void bwd_reduce_t(const void* g, const void* x, const BnShape& s, const void* mean,
-                  const void* scale, const void* bias, double slope, double* sum_dz,
-                  double* sum_dz_xc) {
-  using acc_t = typename AccOf<T>::type;
-  const BwdReduceOp<acc_t> op{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
-                              static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
+// A reduction over x (and g, when the op needs it) into out[0..1], in s's layout.
+template <typename T, typename Op>
+void reduce_t(const void* x, const void* g, const BnShape& s, const Op& op, double* a,
+              double* b) {
   const T* px = static_cast<const T*>(x);
   const T* pg = static_cast<const T*>(g);
-  double* const out[2] = {sum_dz, sum_dz_xc};
+  double* const out[2] = {a, b};
   if (s.channels_last) {
     reduce_cl<T>(px, pg, s, op, out);
   } else {
@@ -561,18 +567,12 @@ void bwd_reduce_t(const void* g, const void* x, const BnShape& s, const void* me
   }
 }
 
-template <typename T, bool kBatch>
-void bwd_apply_tb(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
-                  const void* scale, const void* bias, const void* B, const void* K2,
-                  double slope) {
-  using acc_t = typename AccOf<T>::type;
-  const BwdApplyOp<acc_t, kBatch> op{
-      static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
-      static_cast<const acc_t*>(bias), static_cast<const acc_t*>(B),
-      static_cast<const acc_t*>(K2),   static_cast<acc_t>(slope)};
+// An elementwise map (x, g) -> out, in s's layout.
+template <typename T, typename Op>
+void map_t(const void* x, const void* g, void* out, const BnShape& s, const Op& op) {
   const T* px = static_cast<const T*>(x);
   const T* pg = static_cast<const T*>(g);
-  T* po = static_cast<T*>(gx);
+  T* po = static_cast<T*>(out);
   if (s.channels_last) {
     map_cl<T>(px, pg, po, s, op);
   } else {
@@ -581,52 +581,52 @@ void bwd_apply_tb(const void* g, const void* x, void* gx, const BnShape& s, cons
 }
 
 template <typename T>
+void stats_t(const void* x, const BnShape& s, const void* K, double* X, double* Q) {
+  reduce_t<T>(x, nullptr, s, StatsOp<Acc<T>>{as<Acc<T>>(K)}, X, Q);
+}
+
+template <typename T>
+void apply_t(const void* x, void* out, const BnShape& s, const void* mean, const void* scale,
+             const void* bias, double slope) {
+  map_t<T>(x, nullptr, out, s, fwd_op<Acc<T>>(mean, scale, bias, slope));
+}
+
+template <typename T>
+void bwd_reduce_t(const void* g, const void* x, const BnShape& s, const void* mean,
+                  const void* scale, const void* bias, double slope, double* sum_dz,
+                  double* sum_dz_xc) {
+  reduce_t<T>(x, g, s, bwd_reduce_op<Acc<T>>(mean, scale, bias, slope), sum_dz, sum_dz_xc);
+}
+
+template <typename T>
 void bwd_apply_t(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
                  const void* scale, const void* bias, const void* B, const void* K2,
                  double slope, bool batch_stats) {
-  if (batch_stats) {
-    bwd_apply_tb<T, true>(g, x, gx, s, mean, scale, bias, B, K2, slope);
-  } else {
-    bwd_apply_tb<T, false>(g, x, gx, s, mean, scale, bias, B, K2, slope);
-  }
+  with_batch(batch_stats, [&](auto batch) {
+    constexpr bool kBatch = decltype(batch)::value;
+    map_t<T>(x, g, gx, s, bwd_apply_op<Acc<T>, kBatch>(mean, scale, bias, B, K2, slope));
+  });
 }
 
 template <typename T>
 void train_local_t(const void* x, void* out, const BnShape& s, const void* K, ChannelFinish finish,
                    void* ctx, const void* mean, const void* scale, const void* bias,
                    double slope) {
-  using acc_t = typename AccOf<T>::type;
-  const StatsOp<acc_t> rop{static_cast<const acc_t*>(K)};
-  const FwdOp<acc_t> mop{static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
-                         static_cast<const acc_t*>(bias), static_cast<acc_t>(slope)};
   local_nchw<T>(static_cast<const T*>(x), static_cast<const T*>(nullptr), static_cast<T*>(out), s,
-                rop, mop, finish, ctx);
-}
-
-template <typename T, bool kBatch>
-void bwd_local_tb(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
-                  const void* scale, const void* bias, double slope, ChannelFinish finish,
-                  void* ctx, const void* B, const void* K2) {
-  using acc_t = typename AccOf<T>::type;
-  const auto* m = static_cast<const acc_t*>(mean);
-  const auto* sc = static_cast<const acc_t*>(scale);
-  const auto* b = static_cast<const acc_t*>(bias);
-  const BwdReduceOp<acc_t> rop{m, sc, b, static_cast<acc_t>(slope)};
-  const BwdApplyOp<acc_t, kBatch> mop{m, sc, b, static_cast<const acc_t*>(B),
-                                      static_cast<const acc_t*>(K2), static_cast<acc_t>(slope)};
-  local_nchw<T>(static_cast<const T*>(x), static_cast<const T*>(g), static_cast<T*>(gx), s, rop,
-                mop, finish, ctx);
+                StatsOp<Acc<T>>{as<Acc<T>>(K)}, fwd_op<Acc<T>>(mean, scale, bias, slope), finish,
+                ctx);
 }
 
 template <typename T>
 void bwd_local_t(const void* g, const void* x, void* gx, const BnShape& s, const void* mean,
                  const void* scale, const void* bias, double slope, ChannelFinish finish,
                  void* ctx, const void* B, const void* K2, bool batch_stats) {
-  if (batch_stats) {
-    bwd_local_tb<T, true>(g, x, gx, s, mean, scale, bias, slope, finish, ctx, B, K2);
-  } else {
-    bwd_local_tb<T, false>(g, x, gx, s, mean, scale, bias, slope, finish, ctx, B, K2);
-  }
+  with_batch(batch_stats, [&](auto batch) {
+    constexpr bool kBatch = decltype(batch)::value;
+    local_nchw<T>(static_cast<const T*>(x), static_cast<const T*>(g), static_cast<T*>(gx), s,
+                  bwd_reduce_op<Acc<T>>(mean, scale, bias, slope),
+                  bwd_apply_op<Acc<T>, kBatch>(mean, scale, bias, B, K2, slope), finish, ctx);
+  });
 }
 
 #define GAN_FAST_BN_DISPATCH(dtype, FN, ...)                                   \
