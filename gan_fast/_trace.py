@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from typing import NamedTuple
 
 import torch
@@ -128,6 +129,19 @@ class _Recorder(TorchFunctionMode):
                 self.keep.append(t)  # ids stay unique while the record lives
 
 
+@contextlib.contextmanager
+def _quiet_fake_tensor_log():
+    """FakeTensorMode logs a traceback for every shape error before raising it; the error
+    raised is what the analysis reports (a guessed input that does not fit is expected)."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list:
     """The module calls of ``model(*args, **kwargs)`` run on fake tensors (module docstring).
 
@@ -155,7 +169,8 @@ def run_calls(model: nn.Module, args: tuple, kwargs: dict | None = None) -> list
             handles.append(nn.Module.register_forward_pre_hook(m, rec.pre_hook, with_kwargs=True))
             handles.append(nn.Module.register_forward_hook(m, rec.post_hook, with_kwargs=True,
                                                            always_call=True))
-        with torch.random.fork_rng(devices=[]), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        with torch.random.fork_rng(devices=[]), _quiet_fake_tensor_log(), \
+                FakeTensorMode(allow_non_fake_inputs=True) as mode:
             def fake(v):
                 if isinstance(v, Empty):
                     return torch.empty(v.shape, dtype=v.dtype, device=v.device)

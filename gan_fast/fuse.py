@@ -1,10 +1,10 @@
 """``fuse(model)`` / ``unfuse(model)``: convert a stock model in place.
 
-Every ``Conv2d|ConvTranspose2d -> BatchNorm2d|SyncBatchNorm -> ReLU|LeakyReLU`` chain that
-``fuse`` can prove is only ever called as a whole (``gan_fast.fuse_chains``) is fused by
-changing the classes of the existing module objects, never their parameters
-(``gan_fast.fuse_modules``): the conv runs conv + BatchNorm + activation, the BatchNorm
-and the activation become the identity. So ``state_dict`` keys and tensors are unchanged
+Every ``Conv2d|ConvTranspose2d -> BatchNorm2d|SyncBatchNorm|InstanceNorm2d|(none) ->
+ReLU|LeakyReLU|(none)`` chain that ``fuse`` can prove computes what stock computes
+(``gan_fast.fuse_chains``) is fused by changing the classes of the existing module
+objects, never their parameters (``gan_fast.fuse_modules``): the conv runs conv + norm +
+activation, the norm and the activation become the identity. So ``state_dict`` keys and tensors are unchanged
 and checkpoints load both ways. Hooks registered on these modules after ``fuse`` would
 see fused values, so registering one raises a RuntimeError; hooks present before ``fuse``
 keep their chain stock. ``torch.jit.script`` of a fused model raises (TorchScript cannot
@@ -25,14 +25,14 @@ import torch
 from torch import nn
 
 from gan_fast.fuse_chains import FuseReport, find_chains
-from gan_fast.fuse_modules import (ABSORBED_BN, FUSED_CLASS, STOCK_BN, STOCK_CLASS, AbsorbedActivation,
-                                   AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm, FusedConv2d,
-                                   FusedConvTranspose2d)
+from gan_fast.fuse_modules import (ABSORBED_NORM, FUSED_CLASS, STOCK_CLASS, STOCK_NORM, AbsorbedActivation,
+                                   AbsorbedBatchNorm2d, AbsorbedInstanceNorm2d, AbsorbedSyncBatchNorm,
+                                   FusedConv2d, FusedConvTranspose2d)
 
 log = logging.getLogger("gan_fast")
 
 __all__ = ["fuse", "unfuse", "FuseReport", "FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d",
-           "AbsorbedSyncBatchNorm", "AbsorbedActivation"]
+           "AbsorbedSyncBatchNorm", "AbsorbedInstanceNorm2d", "AbsorbedActivation"]
 
 
 def _parent_and_name(model, path):
@@ -42,11 +42,13 @@ def _parent_and_name(model, path):
 
 def _fuse_chain(model: nn.Module, ch) -> None:
     """Give the chain's modules their fused classes (gan_fast.fuse_modules)."""
-    conv, bn = model.get_submodule(ch.conv), model.get_submodule(ch.bn)
+    conv = model.get_submodule(ch.conv)
+    norm = model.get_submodule(ch.norm) if ch.norm else None
     conv.__class__ = FUSED_CLASS[type(conv)]
-    bn.__class__ = ABSORBED_BN[type(bn)]
-    object.__setattr__(conv, "_gan_fast_bn", bn)  # not a submodule: keeps state_dict keys
-    object.__setattr__(bn, "_gan_fast_conv", conv)  # for convert_sync_batchnorm
+    object.__setattr__(conv, "_gan_fast_norm", norm)  # not a submodule: keeps state_dict keys
+    if norm is not None:
+        norm.__class__ = ABSORBED_NORM[type(norm)]
+        object.__setattr__(norm, "_gan_fast_conv", conv)  # for convert_sync_batchnorm
     object.__setattr__(conv, "_gan_fast_slope", ch.slope)
     slot = None
     if ch.act:
@@ -58,8 +60,10 @@ def _fuse_chain(model: nn.Module, ch) -> None:
 
 def fuse(model: nn.Module, verbose: bool = False, return_report: bool = False, *,
          example_inputs=None, assume_sequential: bool = False):
-    """Fuse every conv -> BatchNorm2d -> ReLU/LeakyReLU chain of `model` that is provably
-    only called as a whole (``gan_fast.fuse_chains``), in place.
+    """Fuse every Conv2d/ConvTranspose2d -> [BatchNorm2d | SyncBatchNorm | InstanceNorm2d]
+    -> ReLU/LeakyReLU chain of `model` (a norm or the activation may be missing, not both;
+    the activation may be the next block's in-place one) that is provably computed as
+    stock computes it (``gan_fast.fuse_chains``), in place.
 
     example_inputs: a tuple of the positional arguments forward takes (a lone tensor is
         taken as ``(x,)``), e.g. ``(torch.randn(2, 100, 1, 1),)`` for a DCGAN generator;
@@ -97,12 +101,13 @@ def unfuse(model: nn.Module) -> nn.Module:
         raise TypeError(f"gan_fast.unfuse(model): model must be a torch.nn.Module, got {type(model).__name__}")
     for m in list(model.modules()):
         if type(m) in STOCK_CLASS:
-            bn, slot = m._gan_fast_bn, m._gan_fast_act_slot
-            for attr in ("_gan_fast_bn", "_gan_fast_slope", "_gan_fast_act_slot"):
+            norm, slot = m._gan_fast_norm, m._gan_fast_act_slot
+            for attr in ("_gan_fast_norm", "_gan_fast_slope", "_gan_fast_act_slot"):
                 object.__delattr__(m, attr)
             m.__class__ = STOCK_CLASS[type(m)]
-            bn.__class__ = STOCK_BN[type(bn)]
-            bn.__dict__.pop("_gan_fast_conv", None)
+            if norm is not None:
+                norm.__class__ = STOCK_NORM[type(norm)]
+                norm.__dict__.pop("_gan_fast_conv", None)
             if slot is not None:
                 parent, name, act = slot
                 parent._modules[name] = act

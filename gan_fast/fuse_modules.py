@@ -1,16 +1,16 @@
 """The module classes ``gan_fast.fuse`` gives a fused chain's existing module objects.
 
-``fuse`` changes the classes of the stock modules of a conv -> BatchNorm -> activation
-chain, never their parameters:
+``fuse`` changes the classes of the stock modules of a conv -> norm -> activation chain
+(norm: BatchNorm2d, SyncBatchNorm, InstanceNorm2d or none), never their parameters:
 
 * the conv becomes ``FusedConv2d`` / ``FusedConvTranspose2d`` (subclasses of the
-  stock conv) whose forward runs conv + fused BatchNorm+activation;
+  stock conv) whose forward runs conv + fused norm+activation (``_norm_act``);
 * the BatchNorm becomes ``AbsorbedBatchNorm2d`` / ``AbsorbedSyncBatchNorm`` (a
   BatchNorm2d / SyncBatchNorm whose forward is the identity: its parameters and buffers
   stay where they were). A SyncBatchNorm chain's statistics are reduced over its process
   group (``gan_fast.ops.sync_bn_act``). ``nn.SyncBatchNorm.convert_sync_batchnorm`` on a
   fused model yields synchronised fused blocks (see ``_AbsorbedBN``), never a BatchNorm
-  applied twice;
+  applied twice; an InstanceNorm2d becomes ``AbsorbedInstanceNorm2d`` the same way;
 * the activation module is replaced by ``AbsorbedActivation`` (an ``nn.Identity``; the
   activation holds no state).
 
@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import sys
 
+import torch.nn.functional as F
 from torch import nn
 
+from gan_fast import functional
 from gan_fast.nn import _NotScriptable, bn_act_from_module
 from gan_fast.ops.block import block_forward, is_sync, paths as _paths
 
 __all__ = ["FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d", "AbsorbedSyncBatchNorm",
-           "AbsorbedActivation"]
+           "AbsorbedInstanceNorm2d", "AbsorbedActivation"]
 
 
 class _RefusesHooks(_NotScriptable):
@@ -48,33 +50,56 @@ class _RefusesHooks(_NotScriptable):
 
 
 class _FusedConvMixin(_RefusesHooks):
-    def _bn_act(self, y):
-        bn = self._gan_fast_bn
-        if is_sync(bn):
+    """The fused conv's state (not submodules, so state_dict keys stay stock's):
+    ``_gan_fast_norm`` the absorbed norm module or None, ``_gan_fast_slope`` the absorbed
+    activation's slope (1: none absorbed), ``_gan_fast_act_slot`` where it stood."""
+
+    def _norm_act(self, y):
+        """The absorbed norm + activation on the stock conv's output y."""
+        norm, slope = self._gan_fast_norm, self._gan_fast_slope
+        if norm is None:  # y is the conv's own fresh output: the activation may overwrite it
+            return F.relu_(y) if slope == 0.0 else F.leaky_relu(y, slope, inplace=slope >= 0.0)
+        if type(norm) is AbsorbedInstanceNorm2d:
+            return _in_act(y, norm, slope)
+        if is_sync(norm):
             from gan_fast.ops import sync_bn_act
-            return sync_bn_act.bn_act(y, bn, self._gan_fast_slope)
-        return bn_act_from_module(y, bn, self._gan_fast_slope)
+            return sync_bn_act.bn_act(y, norm, slope)
+        return bn_act_from_module(y, norm, slope)
 
     def _absorbed(self):
-        what = STOCK_BN[type(self._gan_fast_bn)].__name__ + (
-            " and activation" if self._gan_fast_act_slot else "")
+        norm = self._gan_fast_norm
+        what = " and ".join(w for w in (STOCK_NORM[type(norm)].__name__ if norm is not None else "",
+                                        "activation" if self._gan_fast_act_slot else "") if w)
         return f"fused the {what} after this {STOCK_CLASS[type(self)].__name__} into it"
 
 
+def _in_act(y, norm, slope):
+    """InstanceNorm2d(y) + activation with the module's arguments (y: (N, C, H, W) or the
+    unbatched (C, H, W) that InstanceNorm2d takes too)."""
+    if y.dim() == 3:
+        return _in_act(y.unsqueeze(0), norm, slope).squeeze(0)
+    return functional.in_act(y, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                             norm.training or not norm.track_running_stats,
+                             0.0 if norm.momentum is None else norm.momentum, norm.eps, slope)
+
+
 class FusedConv2d(_FusedConvMixin, nn.Conv2d):
-    """An nn.Conv2d whose forward also applies its absorbed BatchNorm2d + activation."""
+    """An nn.Conv2d whose forward also applies its absorbed norm + activation."""
 
     def forward(self, x):
-        return block_forward(_paths(self), x, self, self._gan_fast_bn, self._gan_fast_slope)
+        if type(self._gan_fast_norm) in _BLOCK_NORMS:
+            return block_forward(_paths(self), x, self, self._gan_fast_norm, self._gan_fast_slope)
+        return self._norm_act(nn.Conv2d.forward(self, x))
 
 
 class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
-    """An nn.ConvTranspose2d whose forward also applies its absorbed BatchNorm2d + activation."""
+    """An nn.ConvTranspose2d whose forward also applies its absorbed norm + activation."""
 
     def forward(self, x, output_size=None):
-        if output_size is not None:  # an output_padding chosen per call: the stock conv
-            return self._bn_act(nn.ConvTranspose2d.forward(self, x, output_size))
-        return block_forward(_paths(self), x, self, self._gan_fast_bn, self._gan_fast_slope)
+        if output_size is not None or type(self._gan_fast_norm) not in _BLOCK_NORMS:
+            # no BatchNorm, or an output_padding chosen per call: the stock conv, then the rest
+            return self._norm_act(nn.ConvTranspose2d.forward(self, x, output_size))
+        return block_forward(_paths(self), x, self, self._gan_fast_norm, self._gan_fast_slope)
 
 
 class _AbsorbedBN(_RefusesHooks):
@@ -93,7 +118,7 @@ class _AbsorbedBN(_RefusesHooks):
         return x
 
     def _absorbed(self):
-        return f"absorbed this {STOCK_BN[type(self)].__name__} into the conv before it"
+        return f"absorbed this {STOCK_NORM[type(self)].__name__} into the conv before it"
 
     @property
     def qconfig(self):
@@ -113,7 +138,7 @@ def _follow_conversion(old, frame) -> None:
     if frame is None or frame.f_code is not nn.SyncBatchNorm.convert_sync_batchnorm.__func__.__code__:
         return
     new, conv = frame.f_locals.get("module_output"), old.__dict__.get("_gan_fast_conv")
-    if type(new) is not nn.SyncBatchNorm or conv is None or conv._gan_fast_bn is not old:
+    if type(new) is not nn.SyncBatchNorm or conv is None or conv._gan_fast_norm is not old:
         raise RuntimeError(
             "gan_fast: nn.SyncBatchNorm.convert_sync_batchnorm on a model fused by "
             "gan_fast.fuse could not be followed with this torch version (the fused conv would "
@@ -121,7 +146,7 @@ def _follow_conversion(old, frame) -> None:
             "gan_fast.fuse(nn.SyncBatchNorm.convert_sync_batchnorm(gan_fast.unfuse(model)))")
     new.__class__ = AbsorbedSyncBatchNorm
     object.__setattr__(new, "_gan_fast_conv", conv)
-    object.__setattr__(conv, "_gan_fast_bn", new)
+    object.__setattr__(conv, "_gan_fast_norm", new)
     _paths(conv).clear()
 
 
@@ -135,6 +160,16 @@ class AbsorbedSyncBatchNorm(_AbsorbedBN, nn.BatchNorm2d):
     subclass: DistributedDataParallel refuses CPU modules holding one, and this module
     never computes stock SyncBatchNorm's forward (unfuse restores the nn.SyncBatchNorm)."""
     _gan_fast_sync = True
+
+
+class AbsorbedInstanceNorm2d(_RefusesHooks, nn.InstanceNorm2d):
+    """An InstanceNorm2d computed by the fused conv before it: forward is the identity."""
+
+    def forward(self, x):
+        return x
+
+    def _absorbed(self):
+        return "absorbed this InstanceNorm2d into the conv before it"
 
 
 class AbsorbedActivation(_RefusesHooks, nn.Identity):
@@ -154,7 +189,10 @@ class AbsorbedActivation(_RefusesHooks, nn.Identity):
 # stock class -> the class fuse gives it, and back; the activations fuse absorbs
 FUSED_CLASS = {nn.Conv2d: FusedConv2d, nn.ConvTranspose2d: FusedConvTranspose2d}
 STOCK_CLASS = {v: k for k, v in FUSED_CLASS.items()}
-ABSORBED_BN = {nn.BatchNorm2d: AbsorbedBatchNorm2d, nn.SyncBatchNorm: AbsorbedSyncBatchNorm}
-STOCK_BN = {v: k for k, v in ABSORBED_BN.items()}
-STOCK_BN.update({k: k for k in ABSORBED_BN})
+ABSORBED_NORM = {nn.BatchNorm2d: AbsorbedBatchNorm2d, nn.SyncBatchNorm: AbsorbedSyncBatchNorm,
+                 nn.InstanceNorm2d: AbsorbedInstanceNorm2d}
+STOCK_NORM = {v: k for k, v in ABSORBED_NORM.items()}
+STOCK_NORM.update({k: k for k in ABSORBED_NORM})
 ACTS = (nn.ReLU, nn.LeakyReLU)
+# the absorbed norms whose whole block (conv included) is one fused op (ops/block.py)
+_BLOCK_NORMS = (AbsorbedBatchNorm2d, AbsorbedSyncBatchNorm)

@@ -77,3 +77,26 @@ def count_calls(monkeypatch, module, names):
             return _fn(*args, **kwargs)
         monkeypatch.setattr(module, name, counted)
     return counts
+
+
+def assert_fused_same(stock, fused, *inputs, steps=2, atol=1e-12, rtol=1e-10):
+    """A model and its fused copy compute the same function: forward, the inputs' and every
+    parameter's gradient, and every buffer (running statistics, num_batches_tracked), in
+    training (`steps` steps, so the running statistics move) and in eval mode."""
+    stock.zero_grad(), fused.zero_grad()
+    gen = torch.Generator().manual_seed(0)
+    for training in (True, False):
+        stock.train(training), fused.train(training)
+        for _ in range(steps if training else 1):
+            xa = [x.clone().requires_grad_() for x in inputs]
+            xb = [x.clone().requires_grad_() for x in inputs]
+            ya, yb = stock(*xa), fused(*xb)
+            torch.testing.assert_close(yb, ya, atol=atol, rtol=rtol)
+            grad = torch.randn(ya.shape, generator=gen, dtype=ya.dtype).to(ya.device)
+            ya.backward(grad), yb.backward(grad)
+            for a, b in zip(xa, xb):
+                torch.testing.assert_close(b.grad, a.grad, atol=atol, rtol=rtol)
+    for (n, a), b in zip(stock.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=10 * atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
+    for (n, a), b in zip(stock.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b, a, atol=atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
