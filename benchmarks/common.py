@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.timing import Rotator
 
-OPS = ("bn_act", "blocks", "gan_loss", "step", "dispatch")
+OPS = ("bn_act", "blocks", "gan_loss", "step", "models", "dispatch")
 MODES = ("fwd", "bwd", "fwd+bwd", "step")
 
 

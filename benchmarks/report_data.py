@@ -10,10 +10,10 @@ import json
 import math
 from typing import Optional
 
-OP_ORDER = ("bn_act", "gan_loss", "blocks", "step", "dispatch")
+OP_ORDER = ("bn_act", "gan_loss", "blocks", "step", "models", "dispatch")
 # None: each case's own mode (dispatch: train fwd+bwd and eval fwd cases)
 PRIMARY_MODE = {"bn_act": "fwd+bwd", "gan_loss": "fwd+bwd", "blocks": "fwd+bwd", "step": "step",
-                "dispatch": None}
+                "models": "step", "dispatch": None}
 LAYER_ORDER = ["G1", "G2", "G3", "G4", "D2", "D3", "D4"]
 TARGETS = {  # (op, mode): minimum speedup vs eager
     ("bn_act", "fwd+bwd"): 2.0,

@@ -17,6 +17,7 @@ OP_TITLES = {
     "gan_loss": "gan_loss: GAN loss on (N,) logits",
     "blocks": "blocks: conv + BatchNorm2d + activation (whole block)",
     "step": "step: DCGAN training step with Adam (G and D steps)",
+    "models": "models: training steps of pix2pix (U-Net + PatchGAN), CycleGAN's ResNet generator, a conv VAE",
     "dispatch": "dispatch: host cost of one call on tiny tensors (one thread, variants interleaved)",
 }
 MEMORY_NOTE = ("Memory. *held*: what stays allocated between forward and backward: the storages "
