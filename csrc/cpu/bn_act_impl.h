@@ -222,10 +222,36 @@ inline void sum_run(const T* px, const T* pg, int64_t len, int64_t c, const Op& 
   }
 }
 
+// One task of reduce_nchw: the runs of channel c that `runs` visits (it calls
+// run(offset, length) for each, in order), summed in one accumulator; its kN totals
+// go to dst.
+template <typename T, typename Op, typename Runs>
+inline void nchw_task(const T* x, const T* g, int64_t c, const Op& op, double* dst,
+                      const Runs& runs) {
+  SumN<typename Lanes<T>::acc_t, Op::kN, Op::kWide, Op::kFlush> acc;
+  runs([&](int64_t off, int64_t len) {
+    sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, len, c, op, acc);
+  });
+  acc.flush();
+  for (int k = 0; k < Op::kN; ++k) dst[k] = acc.total(k);
+}
+
+// out[k][c] = the sum over channel c's tasks i < per_channel of their k-th totals,
+// in i order; task(c, i) is the index of that task in `part`.
+template <int kN, typename TaskOf>
+void combine_nchw(const std::vector<double>& part, int64_t C, int64_t per_channel,
+                  double* const* out, const TaskOf& task) {
+  for (int64_t c = 0; c < C; ++c) {
+    for (int k = 0; k < kN; ++k) {
+      double sum = 0;
+      for (int64_t i = 0; i < per_channel; ++i) sum += part[task(c, i) * kN + k];
+      out[k][c] = sum;
+    }
+  }
+}
+
 template <typename T, typename Op>
 void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double* const* out) {
-  using acc_t = typename Lanes<T>::acc_t;
-  using Acc = SumN<acc_t, Op::kN, Op::kWide, Op::kFlush>;
   constexpr int kN = Op::kN;
   const int64_t C = s.C, HW = s.HW;
   if (HW <= kTaskElems) {
@@ -239,22 +265,12 @@ void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double*
       for (int64_t t = begin; t < end; ++t) {
         const int64_t c = t / blocks, n0 = (t % blocks) * planes_per;
         const int64_t n1 = std::min(s.N, n0 + planes_per);
-        Acc acc;
-        for (int64_t n = n0; n < n1; ++n) {
-          const int64_t off = (n * C + c) * HW;
-          sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, HW, c, op, acc);
-        }
-        acc.flush();
-        for (int k = 0; k < kN; ++k) part[t * kN + k] = acc.total(k);
+        nchw_task<T>(x, g, c, op, &part[t * kN], [&](const auto& run) {
+          for (int64_t n = n0; n < n1; ++n) run((n * C + c) * HW, HW);
+        });
       }
     });
-    for (int64_t c = 0; c < C; ++c) {
-      for (int k = 0; k < kN; ++k) {
-        double sum = 0;
-        for (int64_t b = 0; b < blocks; ++b) sum += part[(c * blocks + b) * kN + k];
-        out[k][c] = sum;
-      }
-    }
+    combine_nchw<kN>(part, C, blocks, out, [&](int64_t c, int64_t b) { return c * blocks + b; });
     return;
   }
   // Large planes: a task = one kTaskElems chunk of a plane.
@@ -265,22 +281,13 @@ void reduce_nchw(const T* x, const T* g, const BnShape& s, const Op& op, double*
     for (int64_t t = begin; t < end; ++t) {
       const int64_t plane = t / n_chunks, c = plane % C;
       const int64_t h0 = (t % n_chunks) * kTaskElems, len = std::min(kTaskElems, HW - h0);
-      const int64_t off = plane * HW + h0;
-      Acc acc;
-      sum_run<T>(x + off, Op::kNeedsG ? g + off : nullptr, len, c, op, acc);
-      acc.flush();
-      for (int k = 0; k < kN; ++k) part[t * kN + k] = acc.total(k);
+      nchw_task<T>(x, g, c, op, &part[t * kN], [&](const auto& run) { run(plane * HW + h0, len); });
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    for (int k = 0; k < kN; ++k) {
-      double sum = 0;
-      for (int64_t n = 0; n < s.N; ++n) {
-        for (int64_t h = 0; h < n_chunks; ++h) sum += part[((n * C + c) * n_chunks + h) * kN + k];
-      }
-      out[k][c] = sum;
-    }
-  }
+  // channel c's tasks in (image, chunk) order
+  combine_nchw<kN>(part, C, s.N * n_chunks, out, [&](int64_t c, int64_t i) {
+    return ((i / n_chunks) * C + c) * n_chunks + i % n_chunks;
+  });
 }
 
 template <typename T, typename Op>
