@@ -194,3 +194,24 @@ def test_fake_block_outputs_match_real():
                 fake_eval = ops.conv_bn_act_eval(*args, c * 0, c, *geo)
             for r, f in zip((*real, real_eval), (*fake, fake_eval)):
                 assert r.shape == f.shape and r.stride() == f.stride(), (case, xl, wl)
+
+
+def test_opcheck_on_tensors_contiguous_both_ways():
+    """torch.library's checker (fake impls vs real strides among others) on the edge layouts."""
+    from gan_fast import backends
+    reason = backends.why_unavailable("triton", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    bn_w, bn_b = torch.rand(4).requires_grad_(), torch.randn(4).requires_grad_()
+    stats = (torch.randn(4), torch.rand(4) + 0.5)
+    one = ([1, 1], [0, 0], [0, 0])  # stride, padding, output_padding
+    for x, w, geo in ((cl(torch.randn(2, 5, 1, 1)), cl(torch.randn(5, 4, 4, 4)), (True, *one)),
+                      (cl(torch.randn(2, 3, 4, 4)), torch.randn(4, 3, 4, 4), (False, *one))):
+        x, w = x.requires_grad_(), w.requires_grad_()
+        args = (x, w, None, bn_w, bn_b)
+        torch.library.opcheck(torch.ops.gan_fast.conv_bn_act_train, (*args, *geo, 1e-5, 0.2))
+        torch.library.opcheck(torch.ops.gan_fast.conv_bn_act_eval, (*args, *stats, *geo, 1e-5, 0.2))
+    x = cl(torch.randn(3, 4, 1, 1)).requires_grad_()
+    torch.library.opcheck(torch.ops.gan_fast.bn_act_train, (x, bn_w, bn_b, 1e-5, 0.2))
+    torch.library.opcheck(torch.ops.gan_fast.bn_act_eval, (x, bn_w, bn_b, *stats, 1e-5, 0.2))
