@@ -103,6 +103,18 @@ def _stats_partial_kernel(x_ptr, pmean_ptr, pm2_ptr, R, C, HW,
 
 
 @triton.jit
+def _partial_rows(pmean_ptr, p0, P, R, C, ch, cmask, BLOCK_R: tl.constexpr,
+                  BLOCK_P: tl.constexpr):
+    """Rows [p0, p0 + BLOCK_P) of the (P, C) partials of _stats_partial_kernel:
+    (offsets, mask, value counts [BLOCK_P, 1], row means)."""
+    p = p0 + tl.arange(0, BLOCK_P)
+    m = (p < P)[:, None] & cmask[None, :]
+    cnt = tl.minimum(R - p * BLOCK_R, BLOCK_R).to(tl.float32)[:, None]
+    offs = p[:, None] * C + ch[None, :]
+    return offs, m, cnt, tl.load(pmean_ptr + offs, mask=m, other=0.0)
+
+
+@triton.jit
 def _stats_final_kernel(x_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, P, R, C, k_stride,
                         BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Chan's combination of the (P, C) partials into mean and biased variance."""
@@ -111,21 +123,15 @@ def _stats_final_kernel(x_ptr, pmean_ptr, pm2_ptr, mean_ptr, var_ptr, P, R, C, k
     acc = tl.zeros([BLOCK_C], tl.float32)
     p0 = tl.cast(0, tl.int32)
     while p0 < P:
-        p = p0 + tl.arange(0, BLOCK_P)
-        m = (p < P)[:, None] & cmask[None, :]
-        cnt = tl.minimum(R - p * BLOCK_R, BLOCK_R).to(tl.float32)[:, None]
-        dm = tl.load(pmean_ptr + p[:, None] * C + ch[None, :], mask=m, other=0.0)
+        _, m, cnt, dm = _partial_rows(pmean_ptr, p0, P, R, C, ch, cmask, BLOCK_R, BLOCK_P)
         acc += tl.sum(cnt * dm, axis=0)
         p0 += BLOCK_P
     dmean = acc / R
     acc = tl.zeros([BLOCK_C], tl.float32)
     p0 = tl.cast(0, tl.int32)
     while p0 < P:
-        p = p0 + tl.arange(0, BLOCK_P)
-        m = (p < P)[:, None] & cmask[None, :]
-        cnt = tl.minimum(R - p * BLOCK_R, BLOCK_R).to(tl.float32)[:, None]
-        dm = tl.load(pmean_ptr + p[:, None] * C + ch[None, :], mask=m, other=0.0)
-        m2 = tl.load(pm2_ptr + p[:, None] * C + ch[None, :], mask=m, other=0.0)
+        offs, m, cnt, dm = _partial_rows(pmean_ptr, p0, P, R, C, ch, cmask, BLOCK_R, BLOCK_P)
+        m2 = tl.load(pm2_ptr + offs, mask=m, other=0.0)
         d = dm - dmean[None, :]
         acc += tl.sum(tl.where(m, m2 + cnt * d * d, 0.0), axis=0)
         p0 += BLOCK_P
