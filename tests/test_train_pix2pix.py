@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_models_helpers import TINY_ARGS, assert_resume_is_exact, tiny
+from train_models_helpers import (OPTIONS, TINY_ARGS, assert_options_run,
+                                  assert_resume_is_exact, tiny)
 
 from gan_fast.train.cli import main
 from gan_fast.train.data import HOLE_FILL, corrupt, split_held_out
@@ -123,3 +124,8 @@ def test_cli_run_and_bad_tasks(tmp_path, capsys):
         make_trainer(tiny("pix2pix", tmp_path / "y", task=None))
     assert main(["eval", str(out)]) == 2
     assert "is a --model pix2pix run's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", OPTIONS, ids=lambda x: " ".join(x))
+def test_run_options(extra, tmp_path):
+    assert_options_run("pix2pix", tmp_path, extra)

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from train_models_helpers import TINY_ARGS, assert_resume_is_exact, tiny
+from train_models_helpers import (OPTIONS, TINY_ARGS, assert_options_run,
+                                  assert_resume_is_exact, tiny)
 
 from gan_fast.train.cli import main
 from gan_fast.train.models_vae import to_image, vae_terms
@@ -75,3 +76,8 @@ def test_cli_run_and_option_checks(tmp_path, capsys):
     assert main(["train", "--resume", "--steps", "3", "--out", str(out),
                  "--no-progress", "--no-eval"]) == 0
     assert json.loads((out / "summary.json").read_text())["model"] == "vae"
+
+
+@pytest.mark.parametrize("extra", OPTIONS, ids=lambda x: " ".join(x))
+def test_run_options(extra, tmp_path):
+    assert_options_run("vae", tmp_path, extra)

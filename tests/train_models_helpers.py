@@ -48,3 +48,17 @@ def assert_resume_is_exact(model: str, tmp_path, k: int, **kw) -> list[dict]:
     recs = [json.loads(x) for x in lines(tmp_path / "a")]
     assert [r["step"] for r in recs] == [3, 6, 7]
     return recs
+
+
+OPTIONS = [["--dtype", "bf16", "--channels-last"], ["--dtype", "fp16"],
+           ["--backend", "reference", "--layers", "fused"]]
+
+
+def assert_options_run(model: str, out, extra: list[str]) -> None:
+    """A 2-step run with ``extra`` through the command line writes finite records."""
+    from gan_fast.train.cli import main
+    rc = main(["train", "--model", model, "--steps", "2", "--log-every", "1", "--no-eval",
+               "--out", str(out)] + TINY_ARGS + extra)
+    assert rc == 0
+    recs = [json.loads(x) for x in lines(out)]
+    assert len(recs) == 2 and all(v == v for r in recs for v in r.values())  # no NaN
