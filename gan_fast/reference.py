@@ -11,7 +11,9 @@ Two kinds of functions live here:
 
 Conventions shared by all backends (the kernel contract):
 
-* ``x``: (N, C, H, W), contiguous NCHW or channels_last; fp32/fp16/bf16.
+* ``x``: (N, C, H, W), contiguous NCHW or channels_last; fp32/fp16/bf16. Outputs and
+  gradients like x have x's dtype and stock BatchNorm's memory format
+  (``gan_fast._formats.memory_format``: NCHW strides for a tensor contiguous both ways).
 * ``weight``/``bias``: (C,) or None (affine=False); fp32 or x's dtype.
 * ``mean``/``var``: (C,) float32, ``var`` is the *biased* batch variance.
 * activation: LeakyReLU(negative_slope); slope 0 is ReLU. The derivative at
