@@ -149,3 +149,19 @@ def test_training_peak_memory_at_most_stock(cls):
     # within 2%: per-channel vectors differ by a few hundred bytes, while one extra
     # activation-sized tensor alive at the peak (the regression this guards) is ~6%
     assert got <= 1.02 * want, (got, want)
+
+
+def test_parametrized_conv_weight_is_what_the_block_uses(backend):
+    """A parametrization (here spectral_norm's) replaces the conv's weight parameter by a
+    property the block must read, not the raw tensor it parametrizes."""
+    name, device = backend
+    torch.manual_seed(0)
+    block = Conv2dBNAct(3, 4, 3, padding=1).to(device)
+    nn.utils.parametrizations.spectral_norm(block.conv)
+    twin = copy.deepcopy(block)
+    x = torch.randn(2, 3, 5, 5, device=device)
+    with torch.no_grad():
+        twin_out = twin.bn(twin.conv(x))  # the stock layers, run one by one
+        twin_out = nn.functional.leaky_relu(twin_out, 0.2)
+    torch.manual_seed(1)
+    assert torch.allclose(block(x), twin_out, atol=1e-5, rtol=1e-4)

@@ -31,6 +31,21 @@ from torch import Tensor, nn
 
 from gan_fast import _checks, _formats, backends
 
+def state(module: nn.Module, name: str):
+    """``module.<name>`` for a parameter or buffer, read from the module's own dicts as
+    nn.Module.__getattr__ does, without its Python cost (about 1 us a read, several per
+    block call); anything else (a parametrization's property, a plain attribute) the
+    normal way."""
+    d = module.__dict__
+    params = d.get("_parameters")
+    if params is not None and name in params:
+        return params[name]
+    buffers = d.get("_buffers")
+    if buffers is not None and name in buffers:
+        return buffers[name]
+    return getattr(module, name)
+
+
 def bn_mode(bn: nn.BatchNorm2d):
     """BatchNorm2d.forward's rule, the one definition of it in gan_fast:
     (batch_stats, running_mean, running_var, num_batches_tracked, momentum), where the
@@ -39,10 +54,10 @@ def bn_mode(bn: nn.BatchNorm2d):
     training, momentum = bn.training, bn.momentum
     if momentum is not None and type(momentum) is not float:
         momentum = _checks.momentum(momentum)
-    running_mean, running_var = bn.running_mean, bn.running_var
+    running_mean, running_var = state(bn, "running_mean"), state(bn, "running_var")
     batch_stats = training or (running_mean is None and running_var is None)
     if training and bn.track_running_stats:
-        nbt = bn.num_batches_tracked
+        nbt = state(bn, "num_batches_tracked")
         momentum = momentum if nbt is not None else (momentum or 0.0)
         return batch_stats, running_mean, running_var, nbt, momentum
     if batch_stats:  # no running statistics to update
@@ -185,7 +200,8 @@ def _cpp(op, device_type: str):
                 or torch.is_autocast_enabled(device_type)):
             return _unfused(x, conv, bn, negative_slope)
         batch_stats, running_mean, running_var, nbt, momentum = bn_mode(bn)
-        return op(x, conv.weight, conv.bias, bn.weight, bn.bias, running_mean, running_var, nbt,
+        return op(x, state(conv, "weight"), state(conv, "bias"), state(bn, "weight"), state(bn, "bias"),
+                  running_mean, running_var, nbt,
                   conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups,
                   conv.transposed, batch_stats, momentum, bn.eps, negative_slope)
     return run
