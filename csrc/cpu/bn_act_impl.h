@@ -97,19 +97,14 @@ struct StatsOp {
   F<V> lanes(int64_t c) const { return F<V>{V::loadu(K + c)}; }
 };
 
-template <typename acc_t>
-struct FwdOp {
+// The per-channel (mean, scale, bias) and the slope of FwdOp and BwdReduceOp, handed to
+// their functor F (fields m, sc, b, sl) broadcast for one channel (bcast) or as the
+// lanes of consecutive channels (lanes).
+template <typename acc_t, template <typename> class F>
+struct ChannelParams {
   using V = Vectorized<acc_t>;
   const acc_t *mean, *scale, *bias;
   acc_t slope;
-  template <typename VV>
-  struct F {
-    VV m, sc, b, sl;
-    inline VV operator()(const VV& x, const VV&) const {
-      VV z = (x - m) * sc + b;
-      return pos_select(z, z, z * sl);
-    }
-  };
   template <typename VV>
   F<VV> bcast(int64_t c) const {
     return F<VV>{VV(mean[c]), VV(scale[c]), VV(bias[c]), VV(slope)};
@@ -119,32 +114,37 @@ struct FwdOp {
   }
 };
 
+// out = act((x - mean) * scale + bias)
+template <typename VV>
+struct FwdF {
+  VV m, sc, b, sl;
+  inline VV operator()(const VV& x, const VV&) const {
+    VV z = (x - m) * sc + b;
+    return pos_select(z, z, z * sl);
+  }
+};
+
 template <typename acc_t>
-struct BwdReduceOp {
+struct FwdOp : ChannelParams<acc_t, FwdF> {};
+
+// (dz, dz * (x - mean)) with dz = g * act'((x - mean) * scale + bias)
+template <typename VV>
+struct BwdReduceF {
+  VV m, sc, b, sl;
+  inline void operator()(const VV& x, const VV& g, VV* out) const {
+    const VV xc = x - m;
+    const VV z = xc * sc + b;
+    const VV dz = pos_select(z, g, g * sl);
+    out[0] = dz;
+    out[1] = dz * xc;
+  }
+};
+
+template <typename acc_t>
+struct BwdReduceOp : ChannelParams<acc_t, BwdReduceF> {
   static constexpr bool kNeedsG = true;
   static constexpr int kN = 2, kWide = 0;
   static constexpr int64_t kFlush = kFlushBwd;
-  using V = Vectorized<acc_t>;
-  const acc_t *mean, *scale, *bias;
-  acc_t slope;
-  template <typename VV>
-  struct F {
-    VV m, sc, b, sl;
-    inline void operator()(const VV& x, const VV& g, VV* out) const {
-      const VV xc = x - m;
-      const VV z = xc * sc + b;
-      const VV dz = pos_select(z, g, g * sl);
-      out[0] = dz;
-      out[1] = dz * xc;
-    }
-  };
-  template <typename VV>
-  F<VV> bcast(int64_t c) const {
-    return F<VV>{VV(mean[c]), VV(scale[c]), VV(bias[c]), VV(slope)};
-  }
-  F<V> lanes(int64_t c) const {
-    return F<V>{V::loadu(mean + c), V::loadu(scale + c), V::loadu(bias + c), V(slope)};
-  }
 };
 
 // gx = (scale * dz - B) - (x - mean) * K2   (kBatch)
@@ -534,13 +534,13 @@ const acc_t* as(const void* p) {
 // The ops from the kernels' type-erased per-channel arrays (acc_t each).
 template <typename acc_t>
 FwdOp<acc_t> fwd_op(const void* mean, const void* scale, const void* bias, double slope) {
-  return {as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)};
+  return {{as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)}};
 }
 
 template <typename acc_t>
 BwdReduceOp<acc_t> bwd_reduce_op(const void* mean, const void* scale, const void* bias,
                                  double slope) {
-  return {as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)};
+  return {{as<acc_t>(mean), as<acc_t>(scale), as<acc_t>(bias), static_cast<acc_t>(slope)}};
 }
 
 template <typename acc_t, bool kBatch>
