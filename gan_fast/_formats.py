@@ -16,8 +16,8 @@ for a tensor that is contiguous in both formats (C == 1 or H == W == 1, e.g. a c
   in both formats (a channels_last (N, C, 1, 1) keeps its channels_last strides). The
   fused convolution's output y follows it.
 
-Both cost two cached-flag reads in the common case (a tensor contiguous in exactly one
-format); only a tensor that is both looks at its strides.
+Both cost two cached-flag reads per tensor in the common case (a tensor contiguous in
+exactly one format); only a tensor that is both, or neither, looks at its strides.
 """
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def _strides_like_channels_last(t: Tensor) -> bool:
 
 
 def like_channels_last(t: Tensor) -> bool:
-    """``t.suggest_memory_format() == channels_last`` for a 4-D t (cheap when t is
-    contiguous in exactly one format)."""
+    """``t.suggest_memory_format() == channels_last`` for a 4-D t. Cheap when t is
+    contiguous in exactly one format (a channels_last-contiguous t that is not
+    NCHW-contiguous counts as channels_last without a look at its size-1 strides)."""
     if t.is_contiguous():
         return t.is_contiguous(memory_format=_CL) and _strides_like_channels_last(t)
     return t.is_contiguous(memory_format=_CL) or _strides_like_channels_last(t)
