@@ -8,6 +8,9 @@ in fact; fp32/fp16/bf16 with fp32 accumulation; groups=1, dilation=1):
   the BN+activation elementwise pass is the bn_act kernel's job).
 * ``conv2d_bn_act_eval`` / ``conv_transpose2d_bn_act_eval``: eval mode in one kernel
   (BN folded into the conv weight/bias on the host, LeakyReLU in the epilogue).
+* ``conv_in_stats``: as ``conv*_stats`` with InstanceNorm's per-(image, channel)
+  statistics (y NCHW-contiguous); ``conv_act``: conv + bias + LeakyReLU in one kernel
+  (the norm-free block; its backward is the stock convolution's).
 * ``bn_act_conv_backward``: the training block backward: one reduction over
   (grad_out, y), then dgrad and wgrad implicit GEMMs that rebuild
   dy = d(loss)/d(conv output) in their operand loads (dy is never written).
@@ -32,7 +35,7 @@ from . import conv_fwd as _fwd
 
 __all__ = [
     "conv2d_stats", "conv_transpose2d_stats", "conv2d_bn_act_eval",
-    "conv_transpose2d_bn_act_eval", "bn_act_conv_backward",
+    "conv_transpose2d_bn_act_eval", "bn_act_conv_backward", "conv_in_stats", "conv_act",
 ]
 
 _INT32_MAX = 2 ** 31 - 1
@@ -82,11 +85,12 @@ def _gemm_weight(w, transposed_gather, dtype):
 
 
 def _launch_gemm(a, w_gemm, kernel, out, stride, padding, transposed, epilogue,
-                 bias=None, slope=0.0, prologue=None, stats_ws=None):
+                 bias=None, slope=0.0, prologue=None, stats_ws=None, per_image=False):
     """Run _conv_gemm_kernel: out = conv(a) with the gather of `transposed`.
 
     prologue: None or (y, coef) (a is then grad_out); stats_ws: None or
-    (ws_mean, ws_m2, ws_cnt). Returns the number of tile rows written to stats_ws.
+    (ws_mean, ws_m2, ws_cnt); per_image: statistics per (image, channel) (PER_IMAGE).
+    Returns the number of tile rows written to stats_ws.
     """
     n, c_a, h, w = a.shape
     _, c_out, oh, ow = out.shape
@@ -95,16 +99,19 @@ def _launch_gemm(a, w_gemm, kernel, out, stride, padding, transposed, epilogue,
     ph, pw = padding
     if transposed:
         phases, taps_h, taps_w = sh * sw, triton.cdiv(kh, sh), triton.cdiv(kw, sw)
-        mp_max = n * triton.cdiv(oh, sh) * triton.cdiv(ow, sw)
+        mp_max = triton.cdiv(oh, sh) * triton.cdiv(ow, sw)
     else:
         phases, taps_h, taps_w = 1, kh, kw
-        mp_max = n * oh * ow
+        mp_max = oh * ow
+    images = n if per_image else 1   # tiles per phase: images * cdiv(mp_max, BLOCK_M)
+    mp_max *= 1 if per_image else n
     upcast, precision = _compute_flags(a)
     y, coef = prologue if prologue is not None else (a, out)
     ws_mean, ws_m2, ws_cnt = stats_ws if stats_ws is not None else (out, out, out)
 
     def grid(meta):
-        return (phases * triton.cdiv(mp_max, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
+        return (phases * images * triton.cdiv(mp_max, meta["BLOCK_M"]),
+                triton.cdiv(c_out, meta["BLOCK_N"]))
 
     k = _fwd._conv_gemm_kernel
     k[grid](
@@ -117,46 +124,78 @@ def _launch_gemm(a, w_gemm, kernel, out, stride, padding, transposed, epilogue,
         KH=kh, KW=kw, TAPS_H=taps_h, TAPS_W=taps_w,
         TRANSPOSED=transposed, PROLOGUE=prologue is not None, EPILOGUE=epilogue,
         HAS_BIAS=bias is not None, UPCAST=upcast, PRECISION=precision,
-        LOOP_WHILE=_fwd.INTERPRET,
+        LOOP_WHILE=_fwd.INTERPRET, PER_IMAGE=per_image,
     )
     return phases * triton.cdiv(mp_max, k.best_config.kwargs["BLOCK_M"])
 
 
 # ----------------------------------------------------------------------------- forward
-def _conv_stats(x, weight, bias, stride, padding, output_padding, transposed):
+def _out_shape(x, weight, stride, padding, output_padding, transposed):
+    """Check x against the weight; (N, C_out, OH, OW) of the conv."""
     _check(x)
-    stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
-    n, c_in, h, w = x.shape
-    if transposed:
-        w_cin, c_out, kh, kw = weight.shape
-    else:
-        c_out, w_cin, kh, kw = weight.shape
+    n, c_in = x.shape[:2]
+    w_cin, c_out = weight.shape[:2] if transposed else weight.shape[1::-1]
     if w_cin != c_in:
         raise ValueError(f"weight {tuple(weight.shape)} does not match {c_in} input channels "
                          "(groups=1 only)")
     oh, ow = conv_out_hw(x.shape, weight.shape, transposed, stride, padding, output_padding)
     if oh <= 0 or ow <= 0:
         raise ValueError(f"output size ({oh}, {ow}) is empty")
-    y = torch.empty((n, c_out, oh, ow), device=x.device, dtype=x.dtype,
-                    memory_format=conv_memory_format(x, weight))
+    return n, c_out, oh, ow
+
+
+def _conv_stats(x, weight, bias, stride, padding, output_padding, transposed, per_image=False):
+    stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
+    n, c_out, oh, ow = _out_shape(x, weight, stride, padding, output_padding, transposed)
+    # per image (InstanceNorm): y NCHW-contiguous, so that (N*C, OH, OW) planes are views
+    y = torch.empty((n, c_out, oh, ow), device=x.device, dtype=x.dtype, memory_format=(
+        torch.contiguous_format if per_image else conv_memory_format(x, weight)))
     _check(y, "y")
-    sh, sw = stride
-    if transposed:
-        mp_max = n * triton.cdiv(oh, sh) * triton.cdiv(ow, sw)
-        t_max = sh * sw * triton.cdiv(mp_max, _fwd.MIN_BLOCK_M)
-    else:
-        t_max = triton.cdiv(n * oh * ow, _fwd.MIN_BLOCK_M)
+    sh, sw = stride if transposed else (1, 1)
+    pixels = triton.cdiv(oh, sh) * triton.cdiv(ow, sw)   # of the largest phase, one image
+    t_max = sh * sw * (triton.cdiv(pixels, _fwd.MIN_BLOCK_M) if per_image
+                       else triton.cdiv(n * pixels, _fwd.MIN_BLOCK_M))
+    c = n * c_out if per_image else c_out   # the statistics' columns
     f32 = dict(device=x.device, dtype=torch.float32)
-    ws_mean, ws_m2 = torch.empty((t_max, c_out), **f32), torch.empty((t_max, c_out), **f32)
+    ws_mean, ws_m2 = torch.empty((t_max, c), **f32), torch.empty((t_max, c), **f32)
     ws_cnt = torch.empty((t_max,), **f32)
     b = bias.float().contiguous() if bias is not None else None
-    t = _launch_gemm(x, _gemm_weight(weight, transposed, x.dtype), (kh, kw), y, stride, padding,
-                     transposed, 1, bias=b, stats_ws=(ws_mean, ws_m2, ws_cnt))
-    mean, var = torch.empty((c_out,), **f32), torch.empty((c_out,), **f32)
-    block_c = min(128, max(16, triton.next_power_of_2(c_out)))
-    _fwd._welford_combine_kernel[(triton.cdiv(c_out, block_c),)](
-        ws_mean, ws_m2, ws_cnt, mean, var, t, c_out, BLOCK_T=32, BLOCK_C=block_c)
+    t = _launch_gemm(x, _gemm_weight(weight, transposed, x.dtype), weight.shape[2:], y, stride,
+                     padding, transposed, 1, bias=b, stats_ws=(ws_mean, ws_m2, ws_cnt),
+                     per_image=per_image)
+    mean, var = torch.empty((c,), **f32), torch.empty((c,), **f32)
+    block_c = min(128, max(16, triton.next_power_of_2(c)))
+    _fwd._welford_combine_kernel[(triton.cdiv(c, block_c),)](
+        ws_mean, ws_m2, ws_cnt, mean, var, t, c, BLOCK_T=32, BLOCK_C=block_c)
     return y, mean, var
+
+
+def conv_in_stats(x, weight, bias=None, stride=1, padding=0, output_padding=0, transposed=False):
+    """Conv2d (or, if transposed, ConvTranspose2d) whose epilogue also produces the
+    InstanceNorm statistics of its output: per (image, channel) instead of per channel.
+
+    Arguments as ``conv2d_stats`` / ``conv_transpose2d_stats``. Returns y (N, C_out, OH, OW)
+    in x's dtype, NCHW-contiguous (what stock instance_norm reads), and mean, var:
+    (N*C_out,) fp32, the mean and *biased* variance of each (n, c) plane of y as stored.
+    """
+    return _conv_stats(x, weight, bias, stride, padding, output_padding, transposed, True)
+
+
+def conv_act(x, weight, bias, negative_slope, stride=1, padding=0, output_padding=0,
+             transposed=False):
+    """LeakyReLU(conv(x) + bias) in one kernel (the activation in the GEMM epilogue):
+    the norm-free block. x: (N, C_in, H, W); weight: Conv2d's (C_out, C_in, kH, kW), or
+    ConvTranspose2d's (C_in, C_out, kH, kW) if transposed; bias: (C_out,) or None.
+    Returns (N, C_out, OH, OW) in x's dtype and the stock convolution's memory format."""
+    stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
+    shape = _out_shape(x, weight, stride, padding, output_padding, transposed)
+    out = torch.empty(shape, device=x.device, dtype=x.dtype,
+                      memory_format=conv_memory_format(x, weight))
+    _check(out, "out")
+    b = bias.float().contiguous() if bias is not None else None
+    _launch_gemm(x, _gemm_weight(weight, transposed, x.dtype), weight.shape[2:], out, stride,
+                 padding, transposed, 2, bias=b, slope=negative_slope)
+    return out
 
 
 def conv2d_stats(x, weight, bias=None, stride=1, padding=0):
@@ -197,21 +236,17 @@ def _fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, t
 
 
 def _conv_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, eps,
-                      negative_slope, stride, padding, output_padding, transposed):
-    _check(x)
+                      negative_slope, stride, padding, output_padding, transposed, nchw=False):
+    """nchw: the output NCHW-contiguous (InstanceNorm's, whose eval with running statistics
+    is this same per-channel affine map)."""
     stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
-    n, c_in, h, w = x.shape
-    kh, kw = weight.shape[2:]
-    c_out = weight.shape[1] if transposed else weight.shape[0]
-    if (weight.shape[0] if transposed else weight.shape[1]) != c_in:
-        raise ValueError(f"weight {tuple(weight.shape)} does not match {c_in} input channels")
-    oh, ow = conv_out_hw(x.shape, weight.shape, transposed, stride, padding, output_padding)
+    shape = _out_shape(x, weight, stride, padding, output_padding, transposed)
     wf, bf = _fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps, transposed)
-    shape = (n, c_out, oh, ow)  # BN + activation of the conv output: stock's layout of it
-    out = torch.empty(shape, device=x.device, dtype=x.dtype,
-                      memory_format=after_conv(shape, conv_memory_format(x, weight)))
+    # BN + activation of the conv output: stock's layout of it
+    fmt = torch.contiguous_format if nchw else after_conv(shape, conv_memory_format(x, weight))
+    out = torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
     _check(out, "out")
-    _launch_gemm(x, _gemm_weight(wf, transposed, x.dtype), (kh, kw), out, stride, padding,
+    _launch_gemm(x, _gemm_weight(wf, transposed, x.dtype), weight.shape[2:], out, stride, padding,
                  transposed, 2, bias=bf, slope=negative_slope)
     return out
 

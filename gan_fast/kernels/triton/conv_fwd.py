@@ -23,7 +23,13 @@ conv input) of the fused training block:
   the *stored* (rounded) y per channel, combined by ``_welford_combine_kernel`` with
   Chan's formula (stable for outputs with a large mean, and finite for outputs up to
   ~1e38: no raw sum of squares); 2 LeakyReLU then store
-  (eval mode, BN already folded into weight/bias on the host).
+  (eval mode, BN already folded into weight/bias on the host; the norm-free block's
+  training forward: conv + bias + activation).
+* ``PER_IMAGE`` (InstanceNorm statistics): M is tiled per image (a tile never straddles
+  two images: TPI = cdiv(MP_MAX, BLOCK_M) tiles per image and phase, MP_MAX then being
+  the largest phase's pixel count of *one* image), and EPILOGUE 1 writes the partials of
+  tile t of image n in phase p at row p*TPI + t, column n*C_OUT + c: the combine kernel
+  over phases*TPI rows and N*C_OUT columns gives the per-(n, c) mean and variance.
 
 Loops: on the GPU the K loop is a ``for`` over a runtime bound (software-pipelined);
 under TRITON_INTERPRET (``LOOP_WHILE``) it is a ``while`` loop, because the Triton 3.6
@@ -155,7 +161,7 @@ def _gemm_step(acc, it, n_cblk, a_ptr, y_ptr, coef_ptr, w_ptr, a_img, y_img, oh,
 @triton.autotune(
     configs=GEMM_CONFIGS,
     key=["N", "C_A", "H", "W", "C_OUT", "OH", "OW", "KH", "KW",
-         "TRANSPOSED", "PROLOGUE", "EPILOGUE", "s_ac", "s_yc"],   # strides: the rule's `strided`
+         "TRANSPOSED", "PROLOGUE", "EPILOGUE", "PER_IMAGE", "s_ac", "s_yc"],   # strides: the rule's `strided`
     prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_gemm},
 )
 @triton.jit
@@ -171,7 +177,7 @@ def _conv_gemm_kernel(
     KH: tl.constexpr, KW: tl.constexpr, TAPS_H: tl.constexpr, TAPS_W: tl.constexpr,
     TRANSPOSED: tl.constexpr, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    LOOP_WHILE: tl.constexpr,
+    LOOP_WHILE: tl.constexpr, PER_IMAGE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[n, co, oh, ow] = sum_{tap, ci} A[n, ci, ih, iw] * Wt[tap, ci, co] (+ bias).
@@ -179,11 +185,16 @@ def _conv_gemm_kernel(
     a: (N, C_A, H, W) any strides; w: (KH*KW, C_A, C_OUT) contiguous in the compute
     dtype; out: (N, C_OUT, OH, OW) any strides. Grid: (phases * M_TILES, cdiv(C_OUT,
     BLOCK_N)); phases = stride_h*stride_w if TRANSPOSED else 1, M_TILES =
-    cdiv(MP_MAX, BLOCK_M), MP_MAX = the pixel count of the largest phase.
+    cdiv(MP_MAX, BLOCK_M), MP_MAX = the pixel count of the largest phase (PER_IMAGE:
+    M_TILES = N*cdiv(MP_MAX, BLOCK_M), MP_MAX that of one image).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    M_TILES = (MP_MAX + BLOCK_M - 1) // BLOCK_M
+    tpi = (MP_MAX + BLOCK_M - 1) // BLOCK_M
+    if PER_IMAGE:
+        M_TILES = N * tpi
+    else:
+        M_TILES = tpi
     phase = pid_m // M_TILES
     tile = pid_m - phase * M_TILES
 
@@ -204,10 +215,24 @@ def _conv_gemm_kernel(
     hw_safe = tl.maximum(hw, 1)
     owp_safe = tl.maximum(owp, 1)
 
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < mp
-    img = offs_m // hw_safe
-    rem = offs_m - img * hw_safe
+    if PER_IMAGE:   # one image per tile: img a scalar, the tile's rows that image's pixels
+        img = tile // tpi
+        tile = tile - img * tpi
+        m_lim = hw
+        ws_row = phase * tpi + tile
+        ws_col = img * C_OUT
+        ws_ld = N * C_OUT
+        rem = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = rem < hw
+    else:
+        m_lim = mp
+        ws_row = pid_m
+        ws_col = 0
+        ws_ld = C_OUT
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < mp
+        img = offs_m // hw_safe
+        rem = offs_m - img * hw_safe
     i = rem // owp_safe
     j = rem - i * owp_safe
     if TRANSPOSED:
@@ -261,17 +286,17 @@ def _conv_gemm_kernel(
         # squaring, so outputs up to ~1e38 give finite statistics (stock BatchNorm's
         # range), not the inf - inf = NaN of a raw sum of squares.
         yf = tl.where(o_mask, yq.to(tl.float32), 0.0)
-        cnt = tl.maximum(tl.minimum(mp - tile * BLOCK_M, BLOCK_M), 0).to(tl.float32)
+        cnt = tl.maximum(tl.minimum(m_lim - tile * BLOCK_M, BLOCK_M), 0).to(tl.float32)
         tmean = tl.sum(yf * (1.0 / tl.maximum(cnt, 1.0)), axis=0)
         d = tl.where(o_mask, yf - tmean[None, :], 0.0)
         dmax = tl.max(tl.abs(d), axis=0)
         dsc = tl.where(dmax > 0, dmax, 1.0)
         r = d / dsc[None, :]
         tstd = dsc * tl.sqrt(tl.sum(r * r, axis=0) / tl.maximum(cnt, 1.0))
-        tl.store(ws_mean_ptr + pid_m * C_OUT + offs_n, tmean, mask=n_ok)
-        tl.store(ws_m2_ptr + pid_m * C_OUT + offs_n, tstd, mask=n_ok)
-        if pid_n == 0:
-            tl.store(ws_cnt_ptr + pid_m, cnt)
+        tl.store(ws_mean_ptr + ws_row * ws_ld + ws_col + offs_n, tmean, mask=n_ok)
+        tl.store(ws_m2_ptr + ws_row * ws_ld + ws_col + offs_n, tstd, mask=n_ok)
+        if pid_n == 0:   # PER_IMAGE: every image writes the same count to its row
+            tl.store(ws_cnt_ptr + ws_row, cnt)
 
 
 @triton.jit
