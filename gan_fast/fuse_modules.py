@@ -87,19 +87,27 @@ class FusedConv2d(_FusedConvMixin, nn.Conv2d):
     """An nn.Conv2d whose forward also applies its absorbed norm + activation."""
 
     def forward(self, x):
-        if type(self._gan_fast_norm) in _BLOCK_NORMS:
-            return block_forward(_paths(self), x, self, self._gan_fast_norm, self._gan_fast_slope)
-        return self._norm_act(nn.Conv2d.forward(self, x))
+        norm = self._gan_fast_norm
+        if type(norm) in _BLOCK_NORMS:
+            return block_forward(_paths(self), x, self, norm, self._gan_fast_slope)
+        from gan_fast.ops.conv_block import fused_norm_act  # InstanceNorm or none: Triton's
+        out = fused_norm_act(_paths(self), x, self, norm, self._gan_fast_slope)
+        return out if out is not None else self._norm_act(nn.Conv2d.forward(self, x))
 
 
 class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
     """An nn.ConvTranspose2d whose forward also applies its absorbed norm + activation."""
 
     def forward(self, x, output_size=None):
-        if output_size is not None or type(self._gan_fast_norm) not in _BLOCK_NORMS:
-            # no BatchNorm, or an output_padding chosen per call: the stock conv, then the rest
-            return self._norm_act(nn.ConvTranspose2d.forward(self, x, output_size))
-        return block_forward(_paths(self), x, self, self._gan_fast_norm, self._gan_fast_slope)
+        norm = self._gan_fast_norm
+        if output_size is None:  # else an output_padding chosen per call: stock conv, the rest
+            if type(norm) in _BLOCK_NORMS:
+                return block_forward(_paths(self), x, self, norm, self._gan_fast_slope)
+            from gan_fast.ops.conv_block import fused_norm_act  # InstanceNorm or none: Triton's
+            out = fused_norm_act(_paths(self), x, self, norm, self._gan_fast_slope)
+            if out is not None:
+                return out
+        return self._norm_act(nn.ConvTranspose2d.forward(self, x, output_size))
 
 
 class _AbsorbedBN(_RefusesHooks):

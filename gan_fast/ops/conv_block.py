@@ -33,6 +33,13 @@ afterwards needs a re-trace, e.g. ``torch._dynamo.reset()``. The fused conv appl
 * the input: 4-D, non-empty, fp32/fp16/bf16, the conv weight (and bias) of the same
   dtype and device, BN parameters fp32 or x's dtype, autocast off (under autocast the
   stock conv decides the compute dtype: the caller falls back).
+
+``fused_norm_act(cache, x, conv, norm, negative_slope)`` does the same for the chains
+``gan_fast.fuse`` makes with an InstanceNorm2d (``ops.conv_in_act``: per-image statistics
+in the conv's epilogue) or no norm (``ops.conv_act``: the activation in the epilogue; a
+slope >= 0 only), with the same rules, timing and cache (keyed by op name:
+``("conv_in_act" | "conv_act", config)``; a _Config's affine / bn_dtype / batch_stats
+are then the InstanceNorm's affine, dtype and use of the input's statistics).
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from gan_fast import _checks, _formats, backends
 from gan_fast.ops import bn_act as ops_bn_act
 from gan_fast.ops.block import bn_mode
 from gan_fast.ops.bn_act import update_running_stats
+from gan_fast.ops import conv_act as ops_conv_act, conv_in_act as ops_conv_in_act
 from gan_fast.ops.conv_bn_act import (TrainEager, _out_hw, conv_bn_act_eval,
                                       conv_bn_act_train)
 
@@ -58,6 +66,9 @@ _INT32_MAX = 2 ** 31 - 1
 
 # ------------------------------------------------------------------- auto's choice
 _OP = "conv_bn_act"
+# the other fused blocks: op name (auto's choices key) -> the module with their hooks
+# (run_fused, stock; conv_in_act's private_norm)
+_OTHERS = {"conv_in_act": ops_conv_in_act, "conv_act": ops_conv_act}
 _MEASURE_SLOPE = 0.2  # the slope is a kernel argument, not a compile-time constant
 
 
@@ -109,14 +120,15 @@ def _config_key(x: Tensor, conv, bn, geometry, batch_stats: bool) -> tuple:
     torch.compile, so it can be the argument of an assume_constant_result function
     (operator.index makes dynamo specialize a dynamic size: one graph per shape)."""
     transposed, stride, padding, output_padding = geometry
-    params = [t for t in (conv.weight, conv.bias, bn.weight, bn.bias) if t is not None]
+    norm_params = (bn.weight, bn.bias) if bn is not None else ()
+    params = [t for t in (conv.weight, conv.bias, *norm_params) if t is not None]
     grad = torch.is_grad_enabled()
-    bn_t = bn.weight if bn.weight is not None else bn.running_mean
+    bn_t = None if bn is None else bn.weight if bn.weight is not None else bn.running_mean
     size = lambda t: tuple(operator.index(d) for d in t.shape)  # noqa: E731
     return (str(x.device), transposed, size(x), str(x.dtype),
             _formats.channels_last(x),
             size(conv.weight), conv.bias is not None, tuple(stride),
-            tuple(padding), tuple(output_padding), bn.weight is not None,
+            tuple(padding), tuple(output_padding), bn is not None and bn.weight is not None,
             str(x.dtype if bn_t is None else bn_t.dtype), batch_stats,
             grad and x.requires_grad, grad and any(p.requires_grad for p in params))
 
@@ -131,9 +143,9 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name.split(".")[-1])
 
 
-def _private_block(cfg: _Config):
-    """(x, conv, bn) of configuration `cfg` on fresh tensors drawn from a private generator
-    (the user's tensors, modules and global RNG are not touched)."""
+def _private_block(cfg: _Config, op: str = _OP):
+    """(x, conv, norm) of configuration `cfg` (a block of `op`) on fresh tensors drawn from a
+    private generator (the user's tensors, modules and global RNG are not touched)."""
     dev, dtype = torch.device(cfg.device), _dtype(cfg.dtype)
     gen = torch.Generator(device=dev)
     gen.manual_seed(0)
@@ -144,18 +156,23 @@ def _private_block(cfg: _Config):
     else:
         conv = skip_init(nn.Conv2d, b, a, kernel, cfg.stride, cfg.padding, bias=cfg.conv_bias,
                          device=dev, dtype=dtype)
-    bn = skip_init(nn.BatchNorm2d, conv.out_channels, affine=cfg.affine, device=dev,
-                   dtype=_dtype(cfg.bn_dtype))
+    if op == _OP:
+        bn = skip_init(nn.BatchNorm2d, conv.out_channels, affine=cfg.affine, device=dev,
+                       dtype=_dtype(cfg.bn_dtype))
+        with torch.no_grad():
+            bn.running_var.uniform_(0.5, 1.5, generator=gen)
+            bn.num_batches_tracked.zero_()
+        bn.train(cfg.batch_stats)
+    else:
+        bn = _OTHERS[op].private_norm(cfg, dev, gen) if op == "conv_in_act" else None
+    norm = [] if bn is None else [*bn.parameters(), bn.running_mean]
     with torch.no_grad():
-        for t in (*conv.parameters(), *bn.parameters(), bn.running_mean):
+        for t in (*conv.parameters(), *norm):
             t.normal_(0.0, 0.1, generator=gen)
         if cfg.affine:
             bn.weight.add_(1.0)
-        bn.running_var.uniform_(0.5, 1.5, generator=gen)
-        bn.num_batches_tracked.zero_()
-    for p in (*conv.parameters(), *bn.parameters()):
+    for p in (*conv.parameters(), *(bn.parameters() if bn is not None else ())):
         p.requires_grad_(cfg.grad_params)
-    bn.train(cfg.batch_stats)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     x = torch.randn(cfg.x_shape, generator=gen, device=dev, dtype=dtype)
     return x.contiguous(memory_format=fmt).requires_grad_(cfg.grad_x), conv, bn, gen
@@ -173,17 +190,18 @@ def _stock_block(x: Tensor, conv, bn, negative_slope: float) -> Tensor:
                                 negative_slope)
 
 
-def _timed_runs(cfg: _Config) -> dict:
+def _timed_runs(cfg: _Config, op: str = _OP) -> dict:
     """{'fused': fn, 'unfused': fn}: one forward (and, if cfg wants gradients, backward)
-    of the block on private tensors, each way."""
-    x, conv, bn, gen = _private_block(cfg)
+    of the block of `op` on private tensors, each way."""
+    x, conv, bn, gen = _private_block(cfg, op)
     geometry = (cfg.transposed, list(cfg.stride), list(cfg.padding), list(cfg.output_padding))
     oh, ow = _out_hw(cfg.x_shape, cfg.weight_shape, *geometry)
     backward = cfg.grad_x or cfg.grad_params
     grad_out = torch.randn((cfg.x_shape[0], conv.out_channels, oh, ow), generator=gen,
                            device=x.device, dtype=x.dtype)
-    grad_out = grad_out.contiguous(memory_format=_formats.after_conv(
-        grad_out.shape, _formats.conv_memory_format(x, conv.weight)))  # the block output's
+    if op != "conv_in_act":  # the block output's layout (InstanceNorm's: NCHW)
+        grad_out = grad_out.contiguous(memory_format=_formats.after_conv(
+            grad_out.shape, _formats.conv_memory_format(x, conv.weight)))
 
     def run(block):
         with torch.set_grad_enabled(backward):
@@ -191,25 +209,29 @@ def _timed_runs(cfg: _Config) -> dict:
         if backward:
             out.backward(grad_out)
 
-    fused = lambda: _run_fused(x, conv, bn, _MEASURE_SLOPE, geometry)  # noqa: E731
-    unfused = lambda: _stock_block(x, conv, bn, _MEASURE_SLOPE)  # noqa: E731
+    if op == _OP:
+        fused = lambda: _run_fused(x, conv, bn, _MEASURE_SLOPE, geometry)  # noqa: E731
+        unfused = lambda: _stock_block(x, conv, bn, _MEASURE_SLOPE)  # noqa: E731
+    else:
+        fused = lambda: _OTHERS[op].run_fused(x, conv, bn, _MEASURE_SLOPE, geometry)  # noqa: E731
+        unfused = lambda: _OTHERS[op].stock(conv(x), bn, _MEASURE_SLOPE)  # noqa: E731
     return {"fused": lambda: run(fused), "unfused": lambda: run(unfused)}
 
 
 @torch._dynamo.assume_constant_result
-def _fused_is_faster(key: tuple) -> bool:
+def _fused_is_faster(key: tuple, op: str = _OP) -> bool:
     """auto's choice for the block configuration `key` (a _Config as a plain tuple): both
     ways timed once on private tensors, the winner cached in ``backends.choices()``. When
     the timing fails (e.g. a Triton compile error) the reason is logged once and the
     unfused way is kept. Runs eagerly, also while torch.compile traces (a constant there)."""
     cfg = _Config(*key, tf32=False)
     cfg = cfg._replace(tf32=_tf32(cfg))
-    k = (_OP, cfg)
+    k = (op, cfg)
     if k not in backends._choices:
         device = torch.device(cfg.device)
         try:  # on x's GPU as the current device: the timer synchronizes the current device
             with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                backends.timed_choice(_OP, cfg, _timed_runs(cfg), device.type)
+                backends.timed_choice(op, cfg, _timed_runs(cfg, op), device.type)
         except Exception as e:  # noqa: BLE001  (any failure: the stock way is the safe one)
             backends._choices[k] = "unfused"
             log.warning("gan_fast: auto could not time the fused conv for %s (%s: %s); "
@@ -217,18 +239,20 @@ def _fused_is_faster(key: tuple) -> bool:
     return backends._choices[k] == "fused"
 
 
-def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=None) -> bool:
-    """Whether this call runs the fused conv (see the module docstring); `mode`: the
+def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=None,
+                        op: str = _OP) -> bool:
+    """Whether this call runs the fused conv of `op` (see the module docstring); `mode`: the
     _fused_conv_mode a caller decided once (None: decide now)."""
     mode = mode or _fused_conv_mode(x.device.type)
     if mode != "measure":
         return mode == "on"
-    return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats))
+    return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats), op)
 
 
 # ------------------------------------------------------------------------ module entry
 def _applies(x: Tensor, conv, bn) -> bool:
-    """Whether the fused ops can compute this block for x (module docstring, second list)."""
+    """Whether the fused ops can compute this block for x (module docstring, second list);
+    bn: a BatchNorm2d, an InstanceNorm2d or None (no norm)."""
     if (not isinstance(x, Tensor) or x.dim() != 4 or x.dtype not in _formats.GPU_DTYPES
             or x.numel() == 0):
         return False
@@ -240,20 +264,25 @@ def _applies(x: Tensor, conv, bn) -> bool:
     if w.dtype != x.dtype or w.device != x.device or (b is not None and
                                                       (b.dtype != x.dtype or b.device != x.device)):
         return False
-    if conv.out_channels != bn.num_features or x.shape[1] != conv.in_channels:
+    if x.shape[1] != conv.in_channels:
         return False  # a channel mismatch: the stock conv raises its own error
+    for m in (conv, bn):
+        if m is not None and (m._forward_hooks or m._forward_pre_hooks):
+            return False
+    if x.numel() > _INT32_MAX or torch.is_autocast_enabled(x.device.type):
+        return False
+    if bn is None:
+        return True
+    if conv.out_channels != bn.num_features:
+        return False
     for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
         if t is not None and t.device != x.device:
             return False
     for t in (bn.weight, bn.bias):
         if t is not None and t.dtype not in (torch.float32, x.dtype):
             return False
-    if (bn.weight is None) != (bn.bias is None):
-        return False
-    for m in (conv, bn):
-        if m._forward_hooks or m._forward_pre_hooks:
-            return False
-    return x.numel() <= _INT32_MAX and not torch.is_autocast_enabled(x.device.type)
+    return (bn.weight is None) == (bn.bias is None) and \
+        (bn.running_mean is None) == (bn.running_var is None)
 
 
 def _geometry(conv, output_padding=None):
@@ -319,3 +348,37 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode):
         return None
     return _run_fused(x, conv, bn, negative_slope, geometry)
+
+
+def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) -> Optional[Tensor]:
+    """act(norm(conv(x))) for an InstanceNorm2d `norm` or none (None) through the fused ops
+    (``conv_in_act`` / ``conv_act``), decided as ``fused_block`` decides for BatchNorm; or
+    None when they do not apply or are not chosen (the caller then runs the stock conv and
+    the rest). `cache`: the module's dict of choices (``ops.block.paths``), where the
+    backend's mode is kept per (device, dtype, backend generation)."""
+    if not isinstance(x, Tensor):
+        return None
+    mode = None
+    if not torch.compiler.is_compiling():
+        key = ("norm_act", x.device, x.dtype, backends.generation)
+        mode = cache.get(key)
+        if mode is None:
+            mode = cache[key] = _fused_conv_mode(x.device.type)
+        if mode == "off":
+            return None
+    op = "conv_act" if norm is None else "conv_in_act"
+    if (norm is None and not ops_conv_act.applies(negative_slope)) or not _applies(x, conv, norm):
+        return None
+    geometry = _geometry(conv)
+    oh, ow = _out_hw(x.shape, conv.weight.shape, *geometry)
+    if oh <= 0 or ow <= 0 or x.shape[0] * conv.out_channels * oh * ow > _INT32_MAX:
+        return None  # the stock conv raises its own error / offsets beyond int32
+    batch_stats = False
+    if norm is not None:
+        batch_stats = ops_conv_in_act._use_input_stats(norm)
+        if batch_stats and oh * ow <= 1:
+            return None  # stock instance_norm raises its error
+        _checks.bn_eps(norm.eps, batch_stats)
+    if not _fused_conv_enabled(x, conv, norm, geometry, batch_stats, mode, op):
+        return None
+    return _OTHERS[op].run_fused(x, conv, norm, negative_slope, geometry)

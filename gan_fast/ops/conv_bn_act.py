@@ -180,19 +180,23 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var, kernels=None)
 conv_bn_act_train.register_autograd(_backward_train, setup_context=_setup_train)
 
 
-class TrainEager(torch.autograd.Function):
-    """Eager mode: the custom op's kernels and backward in one autograd.Function, without
-    torch.library's Python dispatch (tens of microseconds a call at DCGAN sizes)."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _train_fwd(*inputs)
-        _setup_train(ctx, inputs, output)
+def eager_function(name: str, forward, setup_context, backward, **backward_kwargs):
+    """Eager mode: a custom op's kernels (`forward`), `setup_context` and `backward` in one
+    autograd.Function, without torch.library's Python dispatch (tens of microseconds a call
+    at DCGAN sizes); `backward_kwargs` go to `backward` (the kernels to call directly)."""
+    def fwd(ctx, *inputs):
+        output = forward(*inputs)
+        setup_context(ctx, inputs, output)
         return output
 
-    @staticmethod
-    def backward(ctx, *grads):
-        return _backward_train(ctx, *grads, kernels=_backward_kernels)
+    def bwd(ctx, *grads):
+        return backward(ctx, *grads, **backward_kwargs)
+    return type(name, (torch.autograd.Function,),
+                {"forward": staticmethod(fwd), "backward": staticmethod(bwd)})
+
+
+TrainEager = eager_function("TrainEager", _train_fwd, _setup_train, _backward_train,
+                            kernels=_backward_kernels)
 
 
 # ---------------------------------------------------------------------------- eval op
