@@ -5,7 +5,9 @@
 
 What is compiled is not a hand-written list: the library's own host launchers
 (``gan_fast.kernels.triton.conv``, ``bn_act``, ``gan_loss``) are called on CPU tensors
-of the DCGAN block shapes (read off ``gan_fast.train.models``) while
+of the DCGAN block shapes (read off ``gan_fast.train.models``; each layer also as an
+InstanceNorm block, per-image statistics in the epilogue, and as a norm-free block,
+bias + activation in the epilogue) while
 ``kernels.triton._targets.target(cap)`` makes them decide as on that GPU and every
 ``kernel[grid](...)`` launch is recorded instead of run. Each recorded launch is
 specialised by Triton's own binder for the target (dtypes, int specialisation,

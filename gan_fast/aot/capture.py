@@ -131,6 +131,8 @@ def capture(cap, layers=None, dtypes=DTYPES, formats=FORMATS, batch=BATCH, losse
                     ev = (tconv.conv_transpose2d_bn_act_eval if L.transposed
                           else tconv.conv2d_bn_act_eval)
                     ev(x, w, None, bw, bb, mean, var, 1e-5, L.slope, L.stride, L.padding)
+                    _capture_in_and_act(tconv, tbn, tag, L, x, w, bw, bb, batch,
+                                        planes=L is layers[0] and fmt == formats[0])
                     if L is layers[0] and fmt == formats[0]:   # unfused BN+act (same kernels per C)
                         _recording.label = f"bn_act {dn} nchw/cl"
                         for yy in (y, y.contiguous(memory_format=torch.channels_last)):
@@ -146,6 +148,25 @@ def capture(cap, layers=None, dtypes=DTYPES, formats=FORMATS, batch=BATCH, losse
                             lg = torch.randn(batch, dtype=dt[dn])
                             tloss.gan_loss_fwd(lg, lg, kind, side, red, 0.0)
     return out
+
+
+def _capture_in_and_act(tconv, tbn, tag, L, x, w, bw, bb, batch, planes):
+    """The same layer as an InstanceNorm block (gan_fast.ops.conv_in_act: per-image
+    statistics in the epilogue, bn_act on the (1, N*C, H, W) planes (`planes`: once per
+    dtype, as the unfused bn_act: the same kernels per C), the NCHW eval output) and as a
+    norm-free block with a bias (gan_fast.ops.conv_act: activation in the epilogue)."""
+    _recording.label = f"{tag} in-train"
+    y, mean, var = tconv.conv_in_stats(x, w, None, L.stride, L.padding, transposed=L.transposed)
+    if planes:
+        p = y.view(1, -1, *y.shape[2:])
+        wn, bn = bw.repeat(batch), bb.repeat(batch)
+        tbn.bn_act_eval_fwd(p, wn, bn, mean, var, 1e-5, L.slope)
+        tbn.bn_act_bwd(p, p, wn, bn, mean, var, 1e-5, L.slope, True)
+    _recording.label = f"{tag} in-eval"
+    tconv._conv_bn_act_eval(x, w, None, bw, bb, mean[:L.cout], var[:L.cout], 1e-5, L.slope,
+                            L.stride, L.padding, 0, L.transposed, nchw=True)
+    _recording.label = f"{tag} act"
+    tconv.conv_act(x, w, bb, L.slope, L.stride, L.padding, transposed=L.transposed)
 
 
 def not_launched(jobs):
