@@ -74,13 +74,19 @@ XInfo check_x(const at::Tensor& x, const char* op, const char* arg = "x") {
   return xi;
 }
 
-// weight / bias: (C,) float32 or x's dtype on x's device; returns a contiguous tensor.
-at::Tensor check_param(const at::Tensor& t, const at::Tensor& x, const XInfo& xi, const char* op,
-                       const char* arg) {
+// A per-channel tensor: (C,) on x's device.
+void check_channels(const at::Tensor& t, const at::Tensor& x, const XInfo& xi, const char* op,
+                    const char* arg) {
   TORCH_CHECK(t.device() == x.device(), op, ": ", arg, " is on ", t.device(), " but x is on ",
               x.device());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == xi.C, op, ": ", arg, " must have shape (", xi.C,
               ",) to match the channels of x, got ", t.sizes());
+}
+
+// weight / bias: (C,) float32 or x's dtype on x's device; returns a contiguous tensor.
+at::Tensor check_param(const at::Tensor& t, const at::Tensor& x, const XInfo& xi, const char* op,
+                       const char* arg) {
+  check_channels(t, x, xi, op, arg);
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == x.scalar_type(), op, ": ", arg,
               " must be float32 or x's dtype ", dtype_name(x.scalar_type()), ", got ",
               dtype_name(t.scalar_type()));
@@ -114,10 +120,7 @@ Params check_affine(const std::optional<at::Tensor>& weight, const std::optional
 // mean / var: (C,) float32 on x's device; returns a contiguous tensor.
 at::Tensor check_stat(const at::Tensor& t, const at::Tensor& x, const XInfo& xi, const char* op,
                       const char* arg) {
-  TORCH_CHECK(t.device() == x.device(), op, ": ", arg, " is on ", t.device(), " but x is on ",
-              x.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == xi.C, op, ": ", arg, " must have shape (", xi.C,
-              ",) to match the channels of x, got ", t.sizes());
+  check_channels(t, x, xi, op, arg);
   TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", arg, " must be float32, got ",
               dtype_name(t.scalar_type()));
   return t.contiguous();
