@@ -31,6 +31,11 @@ TOL = dict(atol=2e-5, rtol=2e-5)
 KERNELS = ("conv_in_stats", "conv_act", "_conv_bn_act_eval")
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)  # the layers' initial weights: independent of the tests run before
+
+
 @pytest.fixture
 def calls(monkeypatch):
     return count_calls(monkeypatch, tconv, KERNELS)
@@ -188,8 +193,9 @@ def test_double_backward(triton_backend, calls):
         (gx,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
         gx.square().sum().backward()
         grads.append([xi.grad] + [p.grad for p in model.parameters()])
+    scale = max(float(g.abs().max()) for g in grads[0])  # the conv bias before the norm: 0 + noise
     for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, a, atol=2e-5 * scale, rtol=1e-4)
     assert calls["conv_in_stats"] == 1 and calls["conv_act"] == 1
 
 

@@ -80,7 +80,8 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var, run_bn_backwa
             return (*_grads(out, grad_out.view(out.shape), [x, w, conv_b, in_w, in_b], need[:5]),
                     *(None,) * 6)
     n, c = y.shape[:2]
-    w_n, b_n = _affine(in_w, in_b, n)
+    f32 = lambda t: None if t is None else t.float()  # noqa: E731  (per-plane grads in fp32,
+    w_n, b_n = _affine(f32(in_w), f32(in_b), n)        # summed over N, rounded once)
     gy, gw_n, gb_n = (run_bn_backward or torch.ops.gan_fast.bn_act_backward)(
         _planes(grad_out, y.shape), _planes(y, y.shape), w_n, b_n, mean, var, ctx.eps,
         ctx.negative_slope, True)
@@ -93,8 +94,8 @@ def _backward_train(ctx, grad_out, _grad_y, _grad_mean, _grad_var, run_bn_backwa
     affine = in_w is not None
     return (gx if need[0] else None, gw if need[1] else None,
             gb if conv_b is not None and need[2] else None,
-            gw_n.view(n, c).sum(0) if affine and need[3] else None,
-            gb_n.view(n, c).sum(0) if affine and need[4] else None,
+            gw_n.view(n, c).sum(0).to(in_w.dtype) if affine and need[3] else None,
+            gb_n.view(n, c).sum(0).to(in_b.dtype) if affine and need[4] else None,
             None, None, None, None, None, None)
 
 
