@@ -1,7 +1,7 @@
 """gan_loss: the GAN losses on discriminator logits, fp32: the DCGAN discriminator's
 (N,) and a PatchGAN's (N, 1, 30, 30) (pix2pix's 70x70 PatchGAN on 256x256 images).
 
-Stock: the trainer's plain-PyTorch losses (``gan_fast.train.loop.stock_gan_loss``,
+Stock: the trainer's plain-PyTorch losses (``gan_fast.train.losses.stock_gan_loss``,
 e.g. D's BCE: ``bce_with_logits(real, 1) + bce_with_logits(fake, 0)``). gan_fast:
 ``gan_fast.functional.gan_loss``. side 'd' differentiates w.r.t. real and fake
 logits, side 'g' w.r.t. the fake logits. The trainer casts logits to fp32 before the
@@ -30,7 +30,7 @@ def stock_loss(kind: str, side: str):
     try:
         from gan_fast.train.losses import stock_gan_loss
     except ImportError:  # before the trainer's losses had their own module
-        from gan_fast.train.loop import stock_gan_loss
+        from gan_fast.train.losses import stock_gan_loss
     return stock_gan_loss(kind, side)
 
 

@@ -246,7 +246,7 @@ def test_autocast_returns_stock_dtype_and_value(side):
     gen = torch.Generator().manual_seed(0)
     fake = (torch.randn(97, generator=gen) * 3 + 2.5).to(torch.bfloat16).requires_grad_()
     real = (torch.randn(61, generator=gen) * 3).to(torch.bfloat16).requires_grad_()
-    from gan_fast.train.loop import stock_gan_loss
+    from gan_fast.train.losses import stock_gan_loss
     stock, crit = stock_gan_loss("bce", side), gnn.GANLoss("bce", side, reduction="mean")
     args = (real, fake) if side == "d" else (fake,)
     with torch.autocast("cpu", dtype=torch.bfloat16):

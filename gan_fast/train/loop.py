@@ -27,16 +27,15 @@ import torch
 
 from gan_fast.train import checkpoint as ckpt_mod
 from gan_fast.train import distributed, rundir
-from gan_fast.train.config import (ARCH_KEYS, DTYPES, LOSS_KINDS, TrainConfig,  # noqa: F401
-                                   default_cpu_threads, resolve_device, seed_everything,
-                                   validate)
+from gan_fast.train.config import (ARCH_KEYS, DTYPES, TrainConfig, default_cpu_threads,
+                                   resolve_device, seed_everything, validate)
 from gan_fast.train.data import BatchOrder, load_dataset
 from gan_fast.train.guard import Interrupted, NonFiniteError, StopSignals, all_finite
 from gan_fast.train.images import save_grid
-from gan_fast.train.losses import make_losses, stock_gan_loss  # noqa: F401
+from gan_fast.train.losses import make_losses
 from gan_fast.train.models import build_models
 from gan_fast.train.records import Clock, MetricsLog, Printer, steady_rate
-from gan_fast.train.rundir import CHECKPOINT, METRICS, SUMMARY, TIMING  # noqa: F401
+from gan_fast.train.rundir import CHECKPOINT, METRICS, SUMMARY, TIMING
 
 
 class Trainer:
@@ -399,8 +398,3 @@ class Trainer:
         result["fd_real_halves"] = ev.real_split_fd()
         return result
 
-
-def train(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None) -> dict:
-    """Trains with ``cfg`` and returns the summary dict (also written to out/summary.json)."""
-    from gan_fast.train.trainers import make_trainer
-    return make_trainer(cfg, log).run()

@@ -18,3 +18,8 @@ def make_trainer(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None):
     else:
         from gan_fast.train.loop import Trainer as cls
     return cls(cfg, log)
+
+
+def train(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None) -> dict:
+    """Trains with ``cfg`` and returns the summary dict (also written to out/summary.json)."""
+    return make_trainer(cfg, log).run()
