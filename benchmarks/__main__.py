@@ -25,6 +25,7 @@ import signal
 import sys
 
 from benchmarks import shapes
+from gan_fast.reference import LOSS_KINDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +110,7 @@ def options_from_args(args):
         block_formats=pl(args.block_format, shapes.FORMATS),
         modes=pl(args.modes, MODES), variants=names,
         layers=pl(args.layers, {l.name for l in shapes.dcgan_layers()}),
-        loss_kinds=pl(args.loss_kinds, {"bce", "hinge", "lsgan", "wgan"}),
+        loss_kinds=pl(args.loss_kinds, set(LOSS_KINDS)),
         loss_sides=pl(args.loss_sides, {"d", "g"}), steps=pl(args.steps, {"gd_step", "d_step", "g_step"}),
         step_batches=ints(args.step_batch), step_dtypes=pl(args.step_dtype, shapes.DTYPES),
         step_formats=pl(args.step_format, shapes.FORMATS), min_time=args.min_time,

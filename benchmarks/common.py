@@ -70,7 +70,8 @@ class Options:
             # a DCGAN step at batch 64 takes seconds on 2 CPU cores: the trainer's whole step only
             o.steps = ["gd_step"] if (o.quick or not cuda) else ["gd_step", "d_step", "g_step"]
         if o.loss_kinds is None:
-            o.loss_kinds = ["bce"] if o.quick else ["bce", "hinge", "lsgan", "wgan"]
+            from gan_fast.reference import LOSS_KINDS
+            o.loss_kinds = ["bce"] if o.quick else list(LOSS_KINDS)
         if o.step_batches is None:
             if cuda:
                 o.step_batches = [b for b in o.batches if b in (64, 512)] or [min(o.batches)]

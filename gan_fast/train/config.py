@@ -12,7 +12,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-LOSS_KINDS = ("bce", "hinge", "lsgan", "wgan")
+from gan_fast.reference import LOSS_KINDS
+
 MODELS = ("dcgan", "pix2pix", "vae")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
