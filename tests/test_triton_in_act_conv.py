@@ -282,3 +282,21 @@ def test_auto_times_the_in_and_act_blocks(monkeypatch, calls):
     finally:
         for k in [k for k in backends._choices if k[0] in ops]:
             del backends._choices[k]
+
+
+def test_left_to_the_stock_layers(calls, triton_backend):
+    """What the fused ops do not cover runs the stock conv then the rest, with stock's
+    results and errors: an output_size per call, an unbatched input, a 1x1 output in
+    training (instance_norm's error), a norm whose num_features differs."""
+    up = nn.Sequential(nn.ConvTranspose2d(3, 4, 3, 2, 1), nn.InstanceNorm2d(4), nn.ReLU())
+    fused = gan_fast.fuse(copy.deepcopy(up))
+    x = torch.randn(2, 3, 3, 3)
+    torch.testing.assert_close(fused[0](x, output_size=[6, 6]), up[2](up[1](up[0](x, [6, 6]))), **TOL)
+    torch.testing.assert_close(fused(x[0]), up(x[0]), **TOL)  # (C, H, W)
+    assert calls["conv_in_stats"] == 0
+    down = gan_fast.fuse(nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4), nn.ReLU()))
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        down(x)
+    odd = nn.Sequential(nn.Conv2d(3, 4, 1), nn.InstanceNorm2d(5), nn.LeakyReLU(0.2))
+    torch.testing.assert_close(gan_fast.fuse(copy.deepcopy(odd))(x), odd(x), **TOL)
+    assert calls["conv_in_stats"] == 0
