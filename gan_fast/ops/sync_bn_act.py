@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from gan_fast import _checks
+from gan_fast import _checks, _formats
+from gan_fast._layout import dense
 from gan_fast.ops import bn_act as _bn_act
 from gan_fast.ops.block import bn_mode
 
@@ -103,7 +104,7 @@ class _SyncBNAct(torch.autograd.Function):
     def forward(ctx, y, weight, bias, running_mean, running_var, nbt, momentum, eps, slope,
                 group, world):
         with torch.autocast(y.device.type, enabled=False):
-            y = _bn_act._dense(y)
+            y = dense(y)
             mean, var, total = global_stats(y, group, world)
             if y.numel():
                 out = _bn_act._run_eval(y, weight, bias, mean, var, eps, slope)
@@ -136,7 +137,7 @@ class _SyncBNAct(torch.autograd.Function):
                 # constant-statistics backward in the accumulation dtype (exact sums, and
                 # grad_x rounded once below)
                 gx, s_dz_xhat, s_dz = _bn_act._run_backward(
-                    grad_out.to(acc), _bn_act._dense(y.to(acc)), w, b, mean, var, ctx.eps,
+                    grad_out.to(acc), dense(y.to(acc)), w, b, mean, var, ctx.eps,
                     ctx.slope, False)
             else:
                 gx, s_dz_xhat, s_dz = None, y.new_zeros(c, dtype=acc), y.new_zeros(c, dtype=acc)
@@ -149,7 +150,7 @@ class _SyncBNAct(torch.autograd.Function):
                     a = w * invstd / ctx.total
                     k = a * invstd * sums[c:]
                     gx = torch.addcmul(gx - _c(a * sums[:c]), y.to(acc) - _c(mean), _c(k), value=-1)
-                    grad_y = gx.to(y.dtype).contiguous(memory_format=_bn_act._memory_format(y))
+                    grad_y = gx.to(y.dtype).contiguous(memory_format=_formats.memory_format(y))
                 else:
                     grad_y = torch.zeros_like(y)
         gw = s_dz_xhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
