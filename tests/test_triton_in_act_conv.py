@@ -4,7 +4,8 @@ gan_fast/kernels/triton/conv.py) against stock PyTorch, in float32.
 
 Kernel level: y and the per-(image, channel) statistics of the PER_IMAGE epilogue, and the
 activation epilogue, against F.conv*. Module level (``gan_fast.fuse`` on the triton
-backend vs the stock layers, tests/helpers.assert_fused_same): forward, every gradient,
+backend vs the stock layers; the norm-free block's backward is the Triton dgrad/wgrad
+GEMMs with dy rebuilt in their loads, tests/helpers.assert_fused_same): forward, every gradient,
 running statistics, training and eval, NCHW and channels_last inputs, Conv2d and
 ConvTranspose2d; the kernels are counted so a silent fall-back to the stock conv fails.
 Without a GPU the kernels run in the Triton interpreter: tiny shapes.
@@ -28,7 +29,7 @@ from gan_fast.ops import conv_block as cba  # noqa: E402
 from test_triton_conv import _no_tf32  # noqa: E402, F401  (autouse: fp32 without TF32 on CUDA)
 
 TOL = dict(atol=2e-5, rtol=2e-5)
-KERNELS = ("conv_in_stats", "conv_act", "_conv_bn_act_eval")
+KERNELS = ("conv_in_stats", "conv_act", "_conv_bn_act_eval", "act_conv_backward")
 
 
 @pytest.fixture(autouse=True)
@@ -159,6 +160,7 @@ def test_conv_act_matches_stock(name, bias, cl, calls, triton_backend):
         with torch.no_grad():
             assert fused(x).stride() == stock(x).stride()
     assert calls["conv_act"] == 2 * 4
+    assert calls["act_conv_backward"] == 2 * 3  # the Triton GEMMs (2 training steps + eval)
 
 
 def test_conv_act_kink_and_negative_slope(calls, triton_backend):
@@ -229,6 +231,7 @@ def test_opcheck_and_compile_fullgraph(calls, triton_backend):
                           (x, w, b, iw, ib, torch.randn(5), torch.rand(5) + 0.5, *geo, 1e-5, 0.2))
     torch.library.opcheck(ops.conv_act, (x, w, b, *geo, 0.2))
     torch.library.opcheck(ops.conv_act, (x, w, None, *geo, 0.0))
+    assert calls["act_conv_backward"] > 0
 
     torch._dynamo.reset()
     model = _randomize(nn.Sequential(

@@ -151,10 +151,13 @@ def capture(cap, layers=None, dtypes=DTYPES, formats=FORMATS, batch=BATCH, losse
 
 
 def _capture_in_and_act(tconv, tbn, tag, L, x, w, bw, bb, batch, planes):
+    import torch
+
     """The same layer as an InstanceNorm block (gan_fast.ops.conv_in_act: per-image
     statistics in the epilogue, bn_act on the (1, N*C, H, W) planes (`planes`: once per
     dtype, as the unfused bn_act: the same kernels per C), the NCHW eval output) and as a
-    norm-free block with a bias (gan_fast.ops.conv_act: activation in the epilogue)."""
+    norm-free block with a bias (gan_fast.ops.conv_act: activation in the epilogue; the
+    backward's GEMMs rebuild dy from the output)."""
     _recording.label = f"{tag} in-train"
     y, mean, var = tconv.conv_in_stats(x, w, None, L.stride, L.padding, transposed=L.transposed)
     if planes:
@@ -166,7 +169,9 @@ def _capture_in_and_act(tconv, tbn, tag, L, x, w, bw, bb, batch, planes):
     tconv._conv_bn_act_eval(x, w, None, bw, bb, mean[:L.cout], var[:L.cout], 1e-5, L.slope,
                             L.stride, L.padding, 0, L.transposed, nchw=True)
     _recording.label = f"{tag} act"
-    tconv.conv_act(x, w, bb, L.slope, L.stride, L.padding, transposed=L.transposed)
+    a = tconv.conv_act(x, w, bb, L.slope, L.stride, L.padding, transposed=L.transposed)
+    tconv.act_conv_backward(torch.ones_like(a), x, w, a, L.slope, L.stride, L.padding,
+                            L.transposed)
 
 
 def not_launched(jobs):

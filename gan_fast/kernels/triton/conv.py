@@ -10,7 +10,7 @@ in fact; fp32/fp16/bf16 with fp32 accumulation; groups=1, dilation=1):
   (BN folded into the conv weight/bias on the host, LeakyReLU in the epilogue).
 * ``conv_in_stats``: as ``conv*_stats`` with InstanceNorm's per-(image, channel)
   statistics (y NCHW-contiguous); ``conv_act``: conv + bias + LeakyReLU in one kernel
-  (the norm-free block; its backward is the stock convolution's).
+  (the norm-free block; its backward: act_conv_backward, dy rebuilt in the GEMMs).
 * ``bn_act_conv_backward``: the training block backward: one reduction over
   (grad_out, y), then dgrad and wgrad implicit GEMMs that rebuild
   dy = d(loss)/d(conv output) in their operand loads (dy is never written).
@@ -36,6 +36,7 @@ from . import conv_fwd as _fwd
 __all__ = [
     "conv2d_stats", "conv_transpose2d_stats", "conv2d_bn_act_eval",
     "conv_transpose2d_bn_act_eval", "bn_act_conv_backward", "conv_in_stats", "conv_act",
+    "act_conv_backward",
 ]
 
 _INT32_MAX = 2 ** 31 - 1
@@ -279,8 +280,10 @@ def conv_transpose2d_bn_act_eval(x, weight, bias, bn_weight, bn_bias, running_me
 # ---------------------------------------------------------------------------- backward
 def bn_act_conv_backward(grad_out, x, weight, y, mean, var, bn_weight, bn_bias, eps,
                          negative_slope, stride=1, padding=0, transposed=False,
-                         has_conv_bias=True, needs_input_grad=True, wgrad_split=None):
-    """Backward of the training block a = LeakyReLU(BN_batch(conv(x))).
+                         has_conv_bias=True, needs_input_grad=True, wgrad_split=None,
+                         act_only=False):
+    """Backward of the training block a = LeakyReLU(BN_batch(conv(x))) (act_only: of
+    a = LeakyReLU(conv(x)), see act_conv_backward).
 
     grad_out: dL/da (N, C_out, OH, OW); x: the saved conv input (N, C_in, H, W);
     weight: conv weight ((C_out, C_in, kH, kW), or (C_in, C_out, kH, kW) if transposed);
@@ -332,6 +335,11 @@ def bn_act_conv_backward(grad_out, x, weight, y, mean, var, bn_weight, bn_bias, 
         ws, mean_c, var_c, bw, bb, coef, grads, r, c_y, float(count), float(eps),
         HAS_AFFINE=has_affine, BLOCK_R=32, BLOCK_C=block_c)
 
+    if act_only:  # dy = 1*dz + 0 + 0*(y - 0) = dz exactly; grad_conv_bias = S1 = sum(dz)
+        coef.zero_()
+        coef[1].fill_(1.0)
+        grads[2].copy_(grads[1])
+
     # 3. dgrad: the adjoint gather (conv2d <-> conv_transpose2d), dy in the A prologue
     grad_x = None
     if needs_input_grad:
@@ -375,3 +383,16 @@ def bn_act_conv_backward(grad_out, x, weight, y, mean, var, bn_weight, bn_bias, 
     gbn_w = grads[0].to(bn_weight.dtype) if has_affine else None
     gbn_b = grads[1].to(bn_bias.dtype) if has_affine else None
     return grad_x, grad_w, grad_b, gbn_w, gbn_b
+
+
+def act_conv_backward(grad_out, x, weight, out, negative_slope, stride=1, padding=0,
+                      transposed=False, has_conv_bias=True, needs_input_grad=True):
+    """Backward of out = LeakyReLU(conv(x) + bias) (``conv_act``) for a slope >= 0, from
+    (grad_out, out): dy = out > 0 ? grad_out : grad_out*slope (PyTorch's convention: out > 0
+    exactly when conv(x) + bias > 0) is rebuilt in the dgrad/wgrad GEMMs' operand loads, as
+    bn_act_conv_backward's with mean 0, scale 1, shift 0 (never written); grad_bias = sum(dy).
+    Returns (grad_x like x or None, grad_weight like weight, grad_bias or None)."""
+    zeros = torch.zeros(out.shape[1], device=out.device, dtype=torch.float32)
+    return bn_act_conv_backward(grad_out, x, weight, out, zeros, zeros + 1.0, None, None, 0.0,
+                                negative_slope, stride, padding, transposed, has_conv_bias,
+                                needs_input_grad, act_only=True)[:3]
