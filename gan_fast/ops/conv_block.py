@@ -234,8 +234,8 @@ def _fused_is_faster(key: tuple, op: str = _OP) -> bool:
                 backends.timed_choice(op, cfg, _timed_runs(cfg, op), device.type)
         except Exception as e:  # noqa: BLE001  (any failure: the stock way is the safe one)
             backends._choices[k] = "unfused"
-            log.warning("gan_fast: auto could not time the fused conv for %s (%s: %s); "
-                        "it runs the stock conv + bn_act there", cfg, type(e).__name__, e)
+            log.warning("gan_fast: auto could not time the fused conv (%s) for %s (%s: %s); "
+                        "it runs the stock conv and the rest there", op, cfg, type(e).__name__, e)
     return backends._choices[k] == "fused"
 
 
