@@ -48,6 +48,15 @@ def backend(request):
         yield name, device
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 convolutions without TF32 on CUDA, for comparisons at fp32 tolerances."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fast_triton_interpreter():
     """The Triton interpreter checks every int32 add/mul for overflow, which doubles

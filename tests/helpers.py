@@ -100,3 +100,21 @@ def assert_fused_same(stock, fused, *inputs, steps=2, atol=1e-12, rtol=1e-10):
         torch.testing.assert_close(b.grad, a.grad, atol=10 * atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
     for (n, a), b in zip(stock.named_buffers(), fused.buffers()):
         torch.testing.assert_close(b, a, atol=atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
+
+
+def assert_same_step(a, b, *inputs, atol=1e-5, rtol=1e-4, param_atol=1e-4):
+    """One forward and backward (of the output's sum) of modules `a` and `b` on clones of
+    `inputs`: the outputs, the inputs' gradients, every parameter's gradient (accumulated)
+    and every buffer agree. Returns the two outputs."""
+    xa = [x.clone().requires_grad_() for x in inputs]
+    xb = [x.clone().requires_grad_() for x in inputs]
+    ya, yb = a(*xa), b(*xb)
+    torch.testing.assert_close(yb, ya, atol=atol, rtol=rtol)
+    ya.sum().backward(), yb.sum().backward()
+    for u, v in zip(xa, xb):
+        torch.testing.assert_close(v.grad, u.grad, atol=atol, rtol=rtol)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=param_atol, rtol=rtol, msg=lambda m: f"{n}: {m}")
+    for (n, p), q in zip(a.named_buffers(), b.buffers()):
+        torch.testing.assert_close(q, p, msg=lambda m: f"{n}: {m}")
+    return ya, yb

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TRITON_CONV_KERNELS as KERNELS, count_calls, require_triton
+from helpers import TRITON_CONV_KERNELS as KERNELS, assert_same_step, count_calls, require_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 require_triton(DEVICE)
@@ -32,12 +32,7 @@ from gan_fast.kernels.triton import conv as tconv  # noqa: E402
 from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = old
+pytestmark = pytest.mark.usefixtures("no_tf32")  # fp32 comparisons without TF32 on CUDA
 
 
 @pytest.fixture
@@ -159,15 +154,7 @@ def test_fuse_takes_the_fused_path(calls):
                           nn.ReLU(), nn.Conv2d(5, 4, 4, 2, 1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2))
     fused = gan_fast.fuse(copy.deepcopy(stock), verbose=False)
     x = torch.randn(2, 6, 4, 4)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = fused(xa), stock(xb)
-    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-4)
-    ya.sum().backward(), yb.sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
-    for (n, a), b in zip(stock.named_parameters(), fused.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{n}: {m}")
-    for (n, a), b in zip(stock.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(b, a, msg=lambda m: f"{n}: {m}")
+    assert_same_step(stock, fused, x)
     assert calls["conv_transpose2d_stats"] == calls["conv2d_stats"] == 1
     assert calls["bn_act_conv_backward"] == 2
     # an explicit output_size goes the stock way
@@ -223,15 +210,7 @@ def test_compile_fullgraph(calls):
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 4, 8, 8)
     for _ in range(2):
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ya, yb = compiled(xa), eager(xb)
-        torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
-        ya.sum().backward(), yb.sum().backward()
-        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
-    for (n, a), b in zip(eager.named_parameters(), block.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
-    for (n, a), b in zip(eager.named_buffers(), block.buffers()):
-        torch.testing.assert_close(b, a, msg=lambda m: f"{n}: {m}")
+        assert_same_step(eager, compiled, x, param_atol=1e-5)
     assert calls["conv2d_stats"] == 4 and calls["bn_act_conv_backward"] == 4
     block.eval(), eager.eval()
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-5, rtol=1e-5)

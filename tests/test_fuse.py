@@ -8,6 +8,7 @@ from torch import nn
 
 import gan_fast
 from gan_fast.fuse import AbsorbedBatchNorm2d, FusedConv2d, FusedConvTranspose2d
+from helpers import assert_same_step
 
 
 class AttributeBlock(nn.Module):
@@ -48,15 +49,7 @@ def dcgan_g():
 
 def compare(stock, fused, x, train=True):
     stock.train(train), fused.train(train)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = stock(xa), fused(xb)
-    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-4)
-    ya.sum().backward(), yb.sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
-    for (n, a), b in zip(stock.named_parameters(), fused.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=lambda m: f"{n}: {m}")
-    for (n, a), b in zip(stock.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(a, b, msg=lambda m: f"{n}: {m}")
+    assert_same_step(stock, fused, x)
 
 
 def test_sequential_dcgan(backend):

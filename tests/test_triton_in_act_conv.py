@@ -26,10 +26,10 @@ import gan_fast  # noqa: E402
 from gan_fast import backends  # noqa: E402
 from gan_fast.kernels.triton import conv as tconv  # noqa: E402
 from gan_fast.ops import conv_block as cba  # noqa: E402
-from test_triton_conv import _no_tf32  # noqa: E402, F401  (autouse: fp32 without TF32 on CUDA)
 
 TOL = dict(atol=2e-5, rtol=2e-5)
 KERNELS = ("conv_in_stats", "conv_act", "_conv_bn_act_eval", "act_conv_backward")
+pytestmark = pytest.mark.usefixtures("no_tf32")  # fp32 comparisons without TF32 on CUDA
 
 
 @pytest.fixture(autouse=True)

@@ -139,19 +139,23 @@ def running_stats(c, large_mean, seed):
     return rmean.to(DEVICE), rvar.to(DEVICE)
 
 
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def bn_act_matrix(test):
+    """Every layout, dtype, shape and affine setting."""
+    for mark in (pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"]),
+                 pytest.mark.parametrize("dtype", DTYPES, ids=str),
+                 pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s))),
+                 pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])):
+        test = mark(test)
+    return test
+
+
+@bn_act_matrix
 def test_bn_act_train(channels_last, dtype, shape, affine):
     x, gout, w, b = make_inputs(shape, dtype, channels_last, affine)
     run_train(x, gout, w, b, dtype, "train")
 
 
-@pytest.mark.parametrize("affine", [True, False], ids=["affine", "noaffine"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@bn_act_matrix
 def test_bn_act_eval(channels_last, dtype, shape, affine):
     x, gout, w, b = make_inputs(shape, dtype, channels_last, affine)
     rmean, rvar = running_stats(shape[1], False, 0)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from . import _targets
-from .conv_fwd import INTERPRET, _cfg, _next_pow2
+from .conv_fwd import INTERPRET, _cfg, _divmod, _next_pow2
 
 if INTERPRET:
     WGRAD_CONFIGS = [_cfg(32, 32, 32, 4, 1)]
@@ -92,10 +92,8 @@ def _bn_act_bwd_reduce_kernel(
     while p0 < p_hi:
         offs_p = p0 + tl.arange(0, BLOCK_P)
         p_ok = offs_p < p_hi
-        img = offs_p // HW
-        rem = offs_p - img * HW
-        h = rem // W
-        w = rem - h * W
+        img, rem = _divmod(offs_p, HW)
+        h, w = _divmod(rem, W)
         mask = p_ok[:, None] & c_ok[None, :]
         g = tl.load(g_ptr + (img * s_gn + h * s_gh + w * s_gw)[:, None] + offs_c[None, :] * s_gc,
                     mask=mask, other=0.0).to(tl.float32)
@@ -161,10 +159,8 @@ def _wgrad_step(acc, q0, q_hi, x_ptr, g_ptr, y_ptr, offs_x, x_ok, offs_y, y_ok,
     """One K step (BLOCK_K pixels) of the weight-gradient GEMM."""
     offs_q = q0 + tl.arange(0, BLOCK_K)
     q_ok = offs_q < q_hi
-    img = offs_q // qhw
-    rem = offs_q - img * qhw
-    qh = rem // QW
-    qw = rem - qh * QW
+    img, rem = _divmod(offs_q, qhw)
+    qh, qw = _divmod(rem, QW)
     gh = qh * stride_h - pad_h + kh
     gw = qw * stride_w - pad_w + kw
     gat_ok = q_ok & (gh >= 0) & (gh < GH) & (gw >= 0) & (gw < GW)
@@ -231,10 +227,8 @@ def _conv_wgrad_kernel(
     tap = tl.program_id(1)
     split = tl.program_id(2)
     num_n = (C_Y + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // num_n
-    pid_n = pid - pid_m * num_n
-    kh = tap // KW
-    kw = tap - kh * KW
+    pid_m, pid_n = _divmod(pid, num_n)
+    kh, kw = _divmod(tap, KW)
 
     offs_x = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     x_ok = offs_x < C_X

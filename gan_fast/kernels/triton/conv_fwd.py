@@ -104,6 +104,13 @@ def _prune_gemm(configs, named_args, **kwargs):
 
 
 @triton.jit
+def _divmod(a, b):
+    """(a // b, a % b) for non-negative integers, as one division and a multiply."""
+    q = a // b
+    return q, a - q * b
+
+
+@triton.jit
 def _gemm_step(acc, it, n_cblk, a_ptr, y_ptr, coef_ptr, w_ptr, a_img, y_img, oh, ow, m_ok,
                offs_k, offs_n, n_ok, kh0, kw0, C_A, H, W, C_OUT,
                s_ac, s_ah, s_aw, s_yc, s_yh, s_yw, stride_h, stride_w, pad_h, pad_w,
@@ -111,10 +118,8 @@ def _gemm_step(acc, it, n_cblk, a_ptr, y_ptr, coef_ptr, w_ptr, a_img, y_img, oh,
                TRANSPOSED: tl.constexpr, PROLOGUE: tl.constexpr, UPCAST: tl.constexpr,
                PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """One K step (one kernel tap x one block of BLOCK_K input channels) of the GEMM."""
-    tap = it // n_cblk
-    cb = it - tap * n_cblk
-    th = tap // TAPS_W
-    tw = tap - th * TAPS_W
+    tap, cb = _divmod(it, n_cblk)
+    th, tw = _divmod(tap, TAPS_W)
     if TRANSPOSED:
         kh = kh0 + th * stride_h
         kw = kw0 + tw * stride_w
@@ -195,12 +200,10 @@ def _conv_gemm_kernel(
         M_TILES = N * tpi
     else:
         M_TILES = tpi
-    phase = pid_m // M_TILES
-    tile = pid_m - phase * M_TILES
+    phase, tile = _divmod(pid_m, M_TILES)
 
     if TRANSPOSED:
-        ph = phase // stride_w
-        pw = phase - ph * stride_w
+        ph, pw = _divmod(phase, stride_w)
         ohp = (OH - ph + stride_h - 1) // stride_h   # rows with oh % stride_h == ph
         owp = (OW - pw + stride_w - 1) // stride_w
         kh0 = (ph + pad_h) % stride_h                # first tap that divides
@@ -216,8 +219,7 @@ def _conv_gemm_kernel(
     owp_safe = tl.maximum(owp, 1)
 
     if PER_IMAGE:   # one image per tile: img a scalar, the tile's rows that image's pixels
-        img = tile // tpi
-        tile = tile - img * tpi
+        img, tile = _divmod(tile, tpi)
         m_lim = hw
         ws_row = phase * tpi + tile
         ws_col = img * C_OUT
@@ -231,10 +233,8 @@ def _conv_gemm_kernel(
         ws_ld = C_OUT
         offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = offs_m < mp
-        img = offs_m // hw_safe
-        rem = offs_m - img * hw_safe
-    i = rem // owp_safe
-    j = rem - i * owp_safe
+        img, rem = _divmod(offs_m, hw_safe)
+    i, j = _divmod(rem, owp_safe)
     if TRANSPOSED:
         oh = ph + i * stride_h
         ow = pw + j * stride_w
