@@ -24,6 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from benchmarks.common import gan_step
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = [("stock", False), ("stock", True), ("fused", False), ("fused", True)]
 
@@ -65,15 +67,7 @@ def _worker(rank, world, port, a, queue):
         for i in range(a.warmup + a.steps):
             dist.barrier()
             t0 = time.perf_counter()
-            fake = gd(z)
-            ld = loss_d(dd(real), dd(fake.detach()))
-            opt_d.zero_grad()
-            ld.backward()
-            opt_d.step()
-            lg = loss_g(d(fake))
-            opt_g.zero_grad()
-            lg.backward(inputs=list(g.parameters()))
-            opt_g.step()
+            gan_step(gd, dd, z, real, opt_g, opt_d, loss_d, loss_g, d_for_g=d)
             times.append(time.perf_counter() - t0)
         t = times[a.warmup:]
         results[name] = {"status": "ok", "median_ms": round(1e3 * statistics.median(t), 2),

@@ -198,3 +198,19 @@ def randn(shape, dtype, device, fmt: str, gen: torch.Generator, requires_grad=Fa
     if t.dim() == 4 and fmt == "cl":
         t = t.contiguous(memory_format=torch.channels_last)
     return t.requires_grad_(requires_grad)
+
+
+def gan_step(g, d, z, real, opt_g, opt_d, loss_d, loss_g, d_for_g=None):
+    """One GAN training step as the trainers take it: D's step on real images and detached
+    fakes, then G's step through `d_for_g` (default d) into G's parameters only (those of
+    opt_g). Returns (D loss, G loss)."""
+    fake = g(z)
+    ld = loss_d(d(real), d(fake.detach()))
+    opt_d.zero_grad()
+    ld.backward()
+    opt_d.step()
+    lg = loss_g((d_for_g or d)(fake))
+    opt_g.zero_grad()
+    lg.backward(inputs=[p for group in opt_g.param_groups for p in group["params"]])
+    opt_g.step()
+    return ld, lg

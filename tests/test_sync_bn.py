@@ -16,6 +16,7 @@ from torch import nn
 import gan_fast
 from gan_fast import backends
 from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct
+from benchmarks.common import gan_step
 from dist_helpers import run_ranks
 
 
@@ -204,31 +205,20 @@ def _check_ddp_dcgan(rank, world, name):
     real = torch.randn(per * world, 1, 32, 32, generator=gen)
     part = slice(rank * per, (rank + 1) * per)
 
-    def step(g, d, z, real, opt_g, opt_d, loss_d_fn, loss_g_fn, d_for_g):
-        fake = g(z)
-        loss_d = loss_d_fn(d(real), d(fake.detach()))
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = loss_g_fn(d_for_g(fake))
-        opt_g.zero_grad()
-        loss_g.backward(inputs=list(g.parameters()))
-        opt_g.step()
-
     # oracle: stock BatchNorm2d over the whole global batch, float64, one process
     gr, dr = copy.deepcopy(g0).double(), copy.deepcopy(d0).double()
     bce = nn.BCEWithLogitsLoss()
-    step(gr, dr, z.double(), real.double(), torch.optim.SGD(gr.parameters(), lr=0.1),
-         torch.optim.SGD(dr.parameters(), lr=0.1),
-         lambda r, f: bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f)),
-         lambda f: bce(f, torch.ones_like(f)), dr)
+    gan_step(gr, dr, z.double(), real.double(), torch.optim.SGD(gr.parameters(), lr=0.1),
+             torch.optim.SGD(dr.parameters(), lr=0.1),
+             lambda r, f: bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f)),
+             lambda f: bce(f, torch.ones_like(f)))
     with backends.use_backend(name):
         g = gan_fast.fuse(nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(g0)), verbose=False)
         d = gan_fast.fuse(nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(d0)), verbose=False)
         gd, dd = DDP(g), DDP(d)
         loss_d, loss_g = gan_fast.nn.GANLoss("bce", "d"), gan_fast.nn.GANLoss("bce", "g")
-        step(gd, dd, z[part], real[part], torch.optim.SGD(g.parameters(), lr=0.1),
-             torch.optim.SGD(d.parameters(), lr=0.1), loss_d, loss_g, d)
+        gan_step(gd, dd, z[part], real[part], torch.optim.SGD(g.parameters(), lr=0.1),
+                 torch.optim.SGD(d.parameters(), lr=0.1), loss_d, loss_g, d_for_g=d)
     for (n, p), p_ref in zip(list(g.named_parameters()) + list(d.named_parameters()),
                              list(gr.parameters()) + list(dr.parameters())):
         _close(p, p_ref, f"rank {rank} {name} parameter {n} after one step", 2e-5)
