@@ -181,6 +181,27 @@ def test_conv_act_kink_and_negative_slope(calls, triton_backend):
     assert calls["conv_act"] == 2 * 3  # not fused there: out's sign does not give y's
 
 
+def test_conv_act_overflowed_output_keeps_finite_gradients(calls, triton_backend):
+    """Outputs that overflow to +-inf: stock's gradients w.r.t. x, the weight and the bias
+    stay finite (the activation's derivative is 1 or the slope there), so must gan_fast's."""
+    conv = nn.Conv2d(3, 5, 3, 1, 1).to(DEVICE)
+    x = _x(GEOMETRIES["conv-s2-7x5"], False)
+    with torch.no_grad():  # outputs of channel 0 near pixel (2, 2) of image 0 go to +inf, 1's to -inf
+        x[0, :, 2, 2] = 1e36
+        conv.weight[0].fill_(1e3), conv.weight[1].fill_(-1e3)
+    stock = nn.Sequential(conv, nn.LeakyReLU(0.2))
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = stock(xa), fused(xb)
+    assert torch.isinf(ya).any() and torch.equal(torch.isinf(ya), torch.isinf(yb))
+    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    ya.backward(g), yb.backward(g)
+    assert calls["act_conv_backward"] == 1
+    for got, want in ((xb.grad, xa.grad), *((b.grad, a.grad) for a, b in zip(stock.parameters(), fused.parameters()))):
+        assert torch.isfinite(want).all()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_double_backward(triton_backend, calls):
     """create_graph=True (gradient penalties): the second-order gradients are stock's."""
     geo = GEOMETRIES["convT-s2-3x5-op1"]

@@ -185,7 +185,8 @@ def _wgrad_step(acc, q0, q_hi, x_ptr, g_ptr, y_ptr, offs_x, x_ok, offs_y, y_ok,
                  mask=d_mask, other=0.0).to(tl.float32) - mu[None, :]
     z = yc * sa[None, :] + sb[None, :]
     dz = tl.where(z > 0, g, g * negative_slope)
-    dy = tl.where(d_mask, sa[None, :] * dz + k1[None, :] + k2[None, :] * yc, 0.0)
+    y_term = tl.where(k2[None, :] != 0.0, k2[None, :] * yc, 0.0)  # k2 == 0: none, y may be inf
+    dy = tl.where(d_mask, sa[None, :] * dz + k1[None, :] + y_term, 0.0)
     dy = dy.to(x_ptr.dtype.element_ty)
     if UPCAST:
         xa = xa.to(tl.float32)

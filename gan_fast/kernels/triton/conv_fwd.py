@@ -151,7 +151,9 @@ def _gemm_step(acc, it, n_cblk, a_ptr, y_ptr, coef_ptr, w_ptr, a_img, y_img, oh,
         yc = yv - mu[None, :]
         z = yc * sa[None, :] + sb[None, :]
         dz = tl.where(z > 0, g, g * negative_slope)
-        dy = sa[None, :] * dz + k1[None, :] + k2[None, :] * yc
+        # k2 == 0 (the norm-free block, conv_act): no y term, even where y overflowed to
+        # +-inf (0 * inf would make the gradient NaN where stock's is finite)
+        dy = sa[None, :] * dz + k1[None, :] + tl.where(k2[None, :] != 0.0, k2[None, :] * yc, 0.0)
         a = tl.where(a_mask, dy, 0.0).to(a_ptr.dtype.element_ty)
     b = tl.load(w_ptr + ((kh * KW + kw) * C_A + offs_c)[:, None] * C_OUT + offs_n[None, :],
                 mask=(c_ok & tap_ok)[:, None] & n_ok[None, :], other=0.0)
