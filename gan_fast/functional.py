@@ -99,14 +99,15 @@ def in_act(x: Tensor, running_mean: Optional[Tensor] = None, running_var: Option
                          "(InstanceNorm2d with track_running_stats=True)")
     _checks.param_dtype("weight", weight, x)
     _checks.param_dtype("bias", bias, x)
-    _checks.bn_eps(eps, use_input_stats)
+    _checks.bn_eps(eps, False)  # a number; unlike batch_norm, instance_norm takes eps = 0 in training
     momentum = _checks.momentum(momentum)
     if momentum is None:
         raise TypeError("momentum must be a float for instance norm (InstanceNorm2d passes 0.0 "
                         "for None)")
     if use_input_stats and x.shape[2] * x.shape[3] == 1:  # the check and message of F.instance_norm
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.size()}")
-    if x.numel() == 0:  # nothing to normalise: whatever the stock layers do (error or empty)
+    if x.numel() == 0 or eps == 0:  # nothing to normalise / 1/sqrt(var) as stock has it:
+        # whatever the stock layers do (an empty tensor; inf or NaN on constant planes)
         return F.leaky_relu(F.instance_norm(x, running_mean, running_var, weight, bias,
                                             use_input_stats, momentum, eps), negative_slope)
     return ops.in_act.in_act(x, weight, bias, running_mean, running_var, use_input_stats,

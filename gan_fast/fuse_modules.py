@@ -24,7 +24,7 @@ import sys
 import torch.nn.functional as F
 from torch import nn
 
-from gan_fast import functional
+from gan_fast.ops.in_act import from_module as in_act_from_module
 from gan_fast.nn import _NotScriptable, bn_act_from_module
 from gan_fast.ops.block import block_forward, is_sync, paths as _paths
 
@@ -78,9 +78,7 @@ def _in_act(y, norm, slope):
     unbatched (C, H, W) that InstanceNorm2d takes too)."""
     if y.dim() == 3:
         return _in_act(y.unsqueeze(0), norm, slope).squeeze(0)
-    return functional.in_act(y, norm.running_mean, norm.running_var, norm.weight, norm.bias,
-                             norm.training or not norm.track_running_stats,
-                             0.0 if norm.momentum is None else norm.momentum, norm.eps, slope)
+    return in_act_from_module(y, norm, slope)
 
 
 class FusedConv2d(_FusedConvMixin, nn.Conv2d):

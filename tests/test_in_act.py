@@ -134,8 +134,19 @@ def test_errors_name_the_argument():
         functional.in_act(torch.randn(2, 3, 4))
     with pytest.raises(TypeError, match="momentum"):
         functional.in_act(x, torch.zeros(3), torch.ones(3), momentum=None)
-    with pytest.raises(ValueError, match="eps must be positive"):
-        functional.in_act(x, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be non-negative"):
+        functional.in_act(x, eps=-1e-5)
+    with pytest.raises(TypeError, match="eps"):
+        functional.in_act(x, eps="1e-5")
+
+
+def test_eps_zero_as_stock():
+    """instance_norm, unlike batch_norm, takes eps = 0 in training: constant planes give
+    what stock gives (a NaN/inf there), the others the exact normalisation."""
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 1] = 0.5  # one constant plane
+    torch.testing.assert_close(functional.in_act(x, eps=0.0, negative_slope=0.2),
+                               F.leaky_relu(F.instance_norm(x, eps=0.0), 0.2), equal_nan=True)
 
 
 def test_empty_batch_as_stock():

@@ -29,7 +29,7 @@ from gan_fast.ops.bn_act import update_running_stats
 from gan_fast.ops.conv_bn_act import (_backward_eval, _fake_conv_out, _setup_eval, _setup_train,
                                       _triton, eager_function)
 from gan_fast.ops.double_backward import _grads
-from gan_fast.ops.in_act import _affine, in_act as _stock_in_act
+from gan_fast.ops.in_act import _affine, in_act as _stock_in_act, module_mode
 
 
 def _planes(t: Tensor, shape) -> Tensor:
@@ -130,11 +130,11 @@ conv_in_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
 
 # ------------------------------------------------------------------ conv_block's hooks
 def _use_input_stats(norm) -> bool:
-    return norm.training or not norm.track_running_stats
+    return module_mode(norm)[0]
 
 
 def _momentum(norm) -> float:
-    return 0.0 if norm.momentum is None else float(norm.momentum)
+    return float(module_mode(norm)[1])
 
 
 @torch.no_grad()

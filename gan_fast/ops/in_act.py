@@ -58,3 +58,30 @@ def in_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
         out = bn_act.eval_mode(planes, weight_n, bias_n, running_mean.repeat(n),
                                running_var.repeat(n), eps, negative_slope)
     return out.view(n, c, h, w)
+
+
+def module_mode(norm) -> tuple:
+    """InstanceNorm2d.forward's rule, the one definition of it in gan_fast:
+    (use_input_stats, momentum) for the module `norm` (momentum None passes 0.0)."""
+    momentum = norm.momentum
+    return norm.training or not norm.track_running_stats, 0.0 if momentum is None else momentum
+
+
+def from_module(x: Tensor, norm, negative_slope: float) -> Tensor:
+    """LeakyReLU(norm(x)) for an InstanceNorm2d module `norm` (fused into the conv before
+    it by ``gan_fast.fuse``, which checked its num_features): x (N, C, H, W), the conv's
+    output. Only what can change between calls is checked here (mode, eps, momentum, the
+    spatial size stock refuses); anything unusual goes through ``functional.in_act``'s
+    full checks and errors."""
+    from gan_fast import functional
+    from gan_fast.ops.block import state
+    use_input_stats, momentum = module_mode(norm)
+    eps = norm.eps
+    args = (x, state(norm, "running_mean"), state(norm, "running_var"), state(norm, "weight"),
+            state(norm, "bias"), use_input_stats, momentum, eps, negative_slope)
+    if (type(eps) is not float or not eps > 0.0 or type(momentum) is not float or x.dim() != 4
+            or x.numel() == 0 or (use_input_stats and x.shape[2] * x.shape[3] == 1)
+            or (not use_input_stats and args[1] is None)):
+        return functional.in_act(*args)
+    return in_act(args[0], args[3], args[4], args[1], args[2], use_input_stats, momentum, eps,
+                  negative_slope)
