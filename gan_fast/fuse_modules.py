@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import sys
 
-import torch.nn.functional as F
 from torch import nn
 
+from gan_fast.ops.conv_act import stock as conv_act_stock
 from gan_fast.ops.in_act import from_module as in_act_from_module
 from gan_fast.nn import _NotScriptable, bn_act_from_module
 from gan_fast.ops.block import block_forward, is_sync, paths as _paths
@@ -58,9 +58,9 @@ class _FusedConvMixin(_RefusesHooks):
         """The absorbed norm + activation on the stock conv's output y."""
         norm, slope = self._gan_fast_norm, self._gan_fast_slope
         if norm is None:  # y is the conv's own fresh output: the activation may overwrite it
-            return F.relu_(y) if slope == 0.0 else F.leaky_relu(y, slope, inplace=slope >= 0.0)
+            return conv_act_stock(y, None, slope)
         if type(norm) is AbsorbedInstanceNorm2d:
-            return _in_act(y, norm, slope)
+            return in_act_from_module(y, norm, slope)
         if is_sync(norm):
             from gan_fast.ops import sync_bn_act
             return sync_bn_act.bn_act(y, norm, slope)
@@ -71,14 +71,6 @@ class _FusedConvMixin(_RefusesHooks):
         what = " and ".join(w for w in (STOCK_NORM[type(norm)].__name__ if norm is not None else "",
                                         "activation" if self._gan_fast_act_slot else "") if w)
         return f"fused the {what} after this {STOCK_CLASS[type(self)].__name__} into it"
-
-
-def _in_act(y, norm, slope):
-    """InstanceNorm2d(y) + activation with the module's arguments (y: (N, C, H, W) or the
-    unbatched (C, H, W) that InstanceNorm2d takes too)."""
-    if y.dim() == 3:
-        return _in_act(y.unsqueeze(0), norm, slope).squeeze(0)
-    return in_act_from_module(y, norm, slope)
 
 
 class FusedConv2d(_FusedConvMixin, nn.Conv2d):

@@ -122,5 +122,8 @@ def run_fused(x: Tensor, conv, norm, negative_slope: float, geometry) -> Tensor:
 
 
 def stock(y: Tensor, norm, negative_slope: float) -> Tensor:
-    """What runs after the stock conv when the fused conv does not (fuse's _norm_act)."""
-    return F.leaky_relu(y, negative_slope, inplace=True)
+    """What runs after the stock conv when the fused conv does not (fuse's _norm_act): the
+    activation in place on the conv's fresh output (a negative slope cannot be in place)."""
+    if negative_slope == 0.0:
+        return F.relu_(y)
+    return F.leaky_relu(y, negative_slope, inplace=negative_slope >= 0.0)

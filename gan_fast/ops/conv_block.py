@@ -375,7 +375,7 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
         return None  # the stock conv raises its own error / offsets beyond int32
     batch_stats = False
     if norm is not None:
-        batch_stats = ops_conv_in_act._use_input_stats(norm)
+        batch_stats = ops_conv_in_act.module_mode(norm)[0]
         if batch_stats and oh * ow <= 1:
             return None  # stock instance_norm raises its error
         _checks.bn_eps(norm.eps, batch_stats)

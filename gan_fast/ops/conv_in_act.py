@@ -29,7 +29,8 @@ from gan_fast.ops.bn_act import update_running_stats
 from gan_fast.ops.conv_bn_act import (_backward_eval, _fake_conv_out, _setup_eval, _setup_train,
                                       _triton, eager_function)
 from gan_fast.ops.double_backward import _grads
-from gan_fast.ops.in_act import _affine, in_act as _stock_in_act, module_mode
+from gan_fast.ops.in_act import _affine, from_module as stock, module_mode  # noqa: F401  (stock:
+#                                 what runs after the stock conv when the fused conv does not)
 
 
 def _planes(t: Tensor, shape) -> Tensor:
@@ -129,14 +130,6 @@ conv_in_act_eval.register_autograd(_backward_eval, setup_context=_setup_eval)
 
 
 # ------------------------------------------------------------------ conv_block's hooks
-def _use_input_stats(norm) -> bool:
-    return module_mode(norm)[0]
-
-
-def _momentum(norm) -> float:
-    return float(module_mode(norm)[1])
-
-
 @torch.no_grad()
 def update_in_running_stats(running_mean, running_var, mean, var, momentum, hw):
     """InstanceNorm's update, as stock's: each plane's update of the repeated running
@@ -152,22 +145,17 @@ def run_fused(x: Tensor, conv, norm, negative_slope: float, geometry) -> Tensor:
     """act(InstanceNorm2d(conv(x))) through the fused ops, the module's mode honoured
     (running statistics updated in place in training when tracked)."""
     w, b = conv.weight, conv.bias
-    if _use_input_stats(norm):
+    use_input_stats, momentum = module_mode(norm)
+    if use_input_stats:
         train = conv_in_act_train if torch.compiler.is_compiling() else TrainEager.apply
         planes, y, mean, var = train(x, w, b, norm.weight, norm.bias, *geometry, norm.eps,
                                      negative_slope)
         if norm.running_mean is not None:
             update_in_running_stats(norm.running_mean, norm.running_var, mean, var,
-                                    _momentum(norm), y.shape[2] * y.shape[3])
+                                    float(momentum), y.shape[2] * y.shape[3])
         return planes.view(y.shape)
     return conv_in_act_eval(x, w, b, norm.weight, norm.bias, norm.running_mean,
                             norm.running_var, *geometry, norm.eps, negative_slope)
-
-
-def stock(y: Tensor, norm, negative_slope: float) -> Tensor:
-    """What runs after the stock conv when the fused conv does not (fuse's _in_act)."""
-    return _stock_in_act(y, norm.weight, norm.bias, norm.running_mean, norm.running_var,
-                         _use_input_stats(norm), _momentum(norm), norm.eps, negative_slope)
 
 
 def private_norm(cfg, device, gen):

@@ -72,8 +72,11 @@ def from_module(x: Tensor, norm, negative_slope: float) -> Tensor:
     it by ``gan_fast.fuse``, which checked its num_features): x (N, C, H, W), the conv's
     output. Only what can change between calls is checked here (mode, eps, momentum, the
     spatial size stock refuses); anything unusual goes through ``functional.in_act``'s
-    full checks and errors."""
+    full checks and errors. An unbatched (C, H, W) x, which InstanceNorm2d takes too, is
+    normalised as a batch of one."""
     from gan_fast import functional
+    if x.dim() == 3:
+        return from_module(x.unsqueeze(0), norm, negative_slope).squeeze(0)
     from gan_fast.ops.block import state
     use_input_stats, momentum = module_mode(norm)
     eps = norm.eps
