@@ -66,6 +66,16 @@ def require_triton(device):
     pytest.skip(f"triton backend unavailable: {reason}", allow_module_level=True)
 
 
+def require_cpu_extension():
+    """Skip only where the suite runs without the C++ extension on purpose
+    (GAN_FAST_NO_EXT=1, a pure-Python install); anywhere else a missing extension fails."""
+    import os
+
+    import pytest
+    if os.environ.get("GAN_FAST_NO_EXT") == "1":
+        pytest.skip("GAN_FAST_NO_EXT=1: pure-Python install, no C++ extension")
+
+
 def count_calls(monkeypatch, module, names):
     """Wraps module.<name> for each name so calls are counted; returns {name: count}."""
     counts = dict.fromkeys(names, 0)

@@ -15,6 +15,7 @@ from torch import nn
 from gan_fast import _formats
 from gan_fast import functional as GF
 from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct
+from helpers import require_triton
 
 CL = torch.channels_last
 
@@ -172,12 +173,9 @@ def test_block_functional_strides_as_stock(backend, case, layouts, training):
 
 def test_fake_block_outputs_match_real():
     """The fused-conv ops' fake implementations give the real outputs' strides."""
-    pytest.importorskip("triton")
+    require_triton("cpu")  # under CI (GAN_FAST_REQUIRE_TRITON=1) an error, not a skip
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from gan_fast import backends
-    if backends.why_unavailable("triton", "cpu") is not None:
-        pytest.skip(backends.why_unavailable("triton", "cpu"))
     from gan_fast.ops import conv_bn_act as ops
     for case in ("G-1x1to4x4", "D-4x4to1x1"):
         transposed, cin, cout, k, s, p, shape = BLOCKS[case]
@@ -198,10 +196,7 @@ def test_fake_block_outputs_match_real():
 
 def test_opcheck_on_tensors_contiguous_both_ways():
     """torch.library's checker (fake impls vs real strides among others) on the edge layouts."""
-    from gan_fast import backends
-    reason = backends.why_unavailable("triton", "cpu")
-    if reason is not None:
-        pytest.skip(reason)
+    require_triton("cpu")
     torch.manual_seed(0)
     bn_w, bn_b = torch.rand(4).requires_grad_(), torch.randn(4).requires_grad_()
     stats = (torch.randn(4), torch.rand(4) + 0.5)

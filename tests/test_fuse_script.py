@@ -16,6 +16,7 @@ from torch import nn
 
 import gan_fast
 from gan_fast import backends
+from helpers import require_cpu_extension
 
 NOT_SUPPORTED = r"TorchScript \(torch.jit.script\) is not supported by gan_fast"
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
@@ -92,13 +93,12 @@ def test_block_to_stock_scripts_and_matches_the_block(cls):
     torch.testing.assert_close(scripted(x), block(x), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.skipif(backends.why_unavailable("cpu", "cpu") is not None,
-                    reason=str(backends.why_unavailable("cpu", "cpu")))
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_trace_of_a_fused_model_on_the_cpp_backend_matches_stock(train):
     """torch.jit.trace records the one C++ op per block (gan_fast_C::conv_bn_act_eager),
     which updates the running statistics itself; the trace (saved and loaded) computes what
     the stock model does, for the mode and backend it was traced in."""
+    require_cpu_extension()
     stock, x = _stock("generator")
     stock.train(train)
     with backends.use_backend("cpu"):
