@@ -4,7 +4,8 @@
 (norm: BatchNorm2d, SyncBatchNorm, InstanceNorm2d or none), never their parameters:
 
 * the conv becomes ``FusedConv2d`` / ``FusedConvTranspose2d`` (subclasses of the
-  stock conv) whose forward runs conv + fused norm+activation (``_norm_act``);
+  stock conv) whose forward runs conv + fused norm+activation (``ops.block`` with a
+  BatchNorm, ``ops.chain`` with an InstanceNorm2d or no norm);
 * the BatchNorm becomes ``AbsorbedBatchNorm2d`` / ``AbsorbedSyncBatchNorm`` (a
   BatchNorm2d / SyncBatchNorm whose forward is the identity: its parameters and buffers
   stay where they were). A SyncBatchNorm chain's statistics are reduced over its process
@@ -23,10 +24,9 @@ import sys
 
 from torch import nn
 
-from gan_fast.ops.conv_act import stock as conv_act_stock
-from gan_fast.ops.in_act import from_module as in_act_from_module
 from gan_fast.nn import _NotScriptable, bn_act_from_module
 from gan_fast.ops.block import block_forward, is_sync, paths as _paths
+from gan_fast.ops.chain import after_stock_conv, chain_forward
 
 __all__ = ["FusedConv2d", "FusedConvTranspose2d", "AbsorbedBatchNorm2d", "AbsorbedSyncBatchNorm",
            "AbsorbedInstanceNorm2d", "AbsorbedActivation"]
@@ -57,10 +57,8 @@ class _FusedConvMixin(_RefusesHooks):
     def _norm_act(self, y):
         """The absorbed norm + activation on the stock conv's output y."""
         norm, slope = self._gan_fast_norm, self._gan_fast_slope
-        if norm is None:  # y is the conv's own fresh output: the activation may overwrite it
-            return conv_act_stock(y, None, slope)
-        if type(norm) is AbsorbedInstanceNorm2d:
-            return in_act_from_module(y, norm, slope)
+        if norm is None or type(norm) is AbsorbedInstanceNorm2d:
+            return after_stock_conv(y, norm, slope)
         if is_sync(norm):
             from gan_fast.ops import sync_bn_act
             return sync_bn_act.bn_act(y, norm, slope)
@@ -80,9 +78,7 @@ class FusedConv2d(_FusedConvMixin, nn.Conv2d):
         norm = self._gan_fast_norm
         if type(norm) in _BLOCK_NORMS:
             return block_forward(_paths(self), x, self, norm, self._gan_fast_slope)
-        from gan_fast.ops.conv_block import fused_norm_act  # InstanceNorm or none: Triton's
-        out = fused_norm_act(_paths(self), x, self, norm, self._gan_fast_slope)
-        return out if out is not None else self._norm_act(nn.Conv2d.forward(self, x))
+        return chain_forward(_paths(self), x, self, norm, self._gan_fast_slope)
 
 
 class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
@@ -93,10 +89,7 @@ class FusedConvTranspose2d(_FusedConvMixin, nn.ConvTranspose2d):
         if output_size is None:  # else an output_padding chosen per call: stock conv, the rest
             if type(norm) in _BLOCK_NORMS:
                 return block_forward(_paths(self), x, self, norm, self._gan_fast_slope)
-            from gan_fast.ops.conv_block import fused_norm_act  # InstanceNorm or none: Triton's
-            out = fused_norm_act(_paths(self), x, self, norm, self._gan_fast_slope)
-            if out is not None:
-                return out
+            return chain_forward(_paths(self), x, self, norm, self._gan_fast_slope)
         return self._norm_act(nn.ConvTranspose2d.forward(self, x, output_size))
 
 
