@@ -1,6 +1,7 @@
 // Defines the schemas of the kernel ops (TORCH_LIBRARY(gan_fast_C): bn_act_train_fwd,
 // bn_act_eval_fwd, bn_act_bwd, gan_loss_fwd), registers their CPU kernels, and exposes
-// compiled_device_types() to Python. The eager autograd ops add their own schemas next
+// compiled_device_types() and the eager entry points (eager_ops.h) to Python as direct
+// calls. The eager autograd ops add their own schemas next
 // to their code (TORCH_LIBRARY_FRAGMENT in bn_act_autograd.cpp, conv_bn_act_autograd.cpp,
 // gan_loss_autograd.cpp). The CUDA kernels are registered by csrc/cuda/bindings_cuda.cpp
 // (TORCH_LIBRARY_IMPL(gan_fast_C, CUDA, m)) when the build has CUDA.
@@ -12,6 +13,7 @@
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
 #include <optional>
@@ -20,6 +22,7 @@
 
 #include "cpu/cpu_ops.h"
 #include "cuda/contract.h"
+#include "eager_ops.h"
 
 namespace {
 
@@ -180,4 +183,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Device types with compiled kernels, e.g. ['cpu'] or ['cpu', 'cuda'].");
   m.def("cpu_isa", &gan_fast::cpu::bn_act_isa,
         "Instruction set of the CPU bn_act kernels in use: 'default' or 'avx2'.");
+  // The eager ops as plain functions: the same C++ as torch.ops.gan_fast_C.<name>, called
+  // without the dispatcher's boxed Python binding (gan_fast.kernels.cpp.eager_entry).
+  namespace py = pybind11;
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  namespace e = gan_fast::eager;
+  m.def("bn_act_train_eager", &e::bn_act_train_eager, nogil);
+  m.def("bn_act_eval_eager", &e::bn_act_eval_eager, nogil);
+  m.def("gan_loss_eager", &e::gan_loss_eager, nogil);
+  m.def("conv_bn_act_eager", &e::conv_bn_act_eager, nogil);
+  m.def("conv_in_act_eager", &e::conv_in_act_eager, nogil);
+  m.def("conv_act_eager", &e::conv_act_eager, nogil);
 }

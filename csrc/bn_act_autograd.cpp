@@ -24,6 +24,7 @@
 #include <utility>
 
 #include "eager_common.h"
+#include "eager_ops.h"
 
 namespace gan_fast::eager {
 
@@ -141,11 +142,17 @@ struct EvalFn : torch::autograd::Function<EvalFn> {
   }
 };
 
+}  // namespace
+
+// (declared in eager_ops.h: gan_fast._C binds them for direct calls from Python)
+namespace gan_fast::eager {
+
 Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
                           const optional<Tensor>& bias, const optional<Tensor>& running_mean,
                           const optional<Tensor>& running_var,
                           const optional<Tensor>& num_batches_tracked,
                           optional<double> momentum, double eps, double negative_slope) {
+  GAN_FAST_RECORD("gan_fast_C::bn_act_train_eager");
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(),
                     "gan_fast bn_act: running_mean and running_var must both be given or both "
                     "be None");
@@ -164,11 +171,12 @@ Tensor bn_act_train_eager(const Tensor& x, const optional<Tensor>& weight,
 Tensor bn_act_eval_eager(const Tensor& x, const optional<Tensor>& weight,
                          const optional<Tensor>& bias, const Tensor& mean, const Tensor& var,
                          double eps, double negative_slope) {
+  GAN_FAST_RECORD("gan_fast_C::bn_act_eval_eager");
   check_bn_args(1, x.sizes(), false, eps);
   return EvalFn::apply(x, weight, bias, mean, var, eps, negative_slope)[0];
 }
 
-}  // namespace
+}  // namespace gan_fast::eager
 
 TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
   m.def(
@@ -183,6 +191,6 @@ TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
 // CompositeImplicitAutograd: the functions above build their own autograd
 // node, so they serve every device and grad mode.
 TORCH_LIBRARY_IMPL(gan_fast_C, CompositeImplicitAutograd, m) {
-  m.impl("bn_act_train_eager", &bn_act_train_eager);
-  m.impl("bn_act_eval_eager", &bn_act_eval_eager);
+  m.impl("bn_act_train_eager", &gan_fast::eager::bn_act_train_eager);
+  m.impl("bn_act_eval_eager", &gan_fast::eager::bn_act_eval_eager);
 }

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "eager_common.h"
+#include "eager_ops.h"
 
 namespace {
 
@@ -189,6 +190,11 @@ Tensor forward_with_graph(const Tensor& x, const Tensor& w, const optional<Tenso
 
 bool requires_grad(const optional<Tensor>& t) { return t.has_value() && t->requires_grad(); }
 
+}  // namespace
+
+// (declared in eager_ops.h: gan_fast._C binds them for direct calls from Python)
+namespace gan_fast::eager {
+
 Tensor conv_bn_act_eager(const Tensor& x, const Tensor& weight, const optional<Tensor>& bias,
                          const optional<Tensor>& bn_weight, const optional<Tensor>& bn_bias,
                          const optional<Tensor>& running_mean,
@@ -198,6 +204,7 @@ Tensor conv_bn_act_eager(const Tensor& x, const Tensor& weight, const optional<T
                          at::IntArrayRef dilation, int64_t groups, bool transposed,
                          bool batch_stats, optional<double> momentum, double eps,
                          double negative_slope) {
+  GAN_FAST_RECORD("gan_fast_C::conv_bn_act_eager");
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(),
                     "gan_fast conv_bn_act: running_mean and running_var must both be given or "
                     "both be None");
@@ -234,7 +241,7 @@ Tensor conv_bn_act_eager(const Tensor& x, const Tensor& weight, const optional<T
   return out;
 }
 
-}  // namespace
+}  // namespace gan_fast::eager
 
 TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
   m.def(
@@ -248,5 +255,5 @@ TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
 // CompositeImplicitAutograd: the function builds its own autograd node, so it
 // serves every device and grad mode.
 TORCH_LIBRARY_IMPL(gan_fast_C, CompositeImplicitAutograd, m) {
-  m.impl("conv_bn_act_eager", &conv_bn_act_eager);
+  m.impl("conv_bn_act_eager", &gan_fast::eager::conv_bn_act_eager);
 }

@@ -25,6 +25,7 @@
 #include <optional>
 
 #include "eager_common.h"
+#include "eager_ops.h"
 
 namespace {
 
@@ -51,7 +52,7 @@ auto& bn_eval_op() {
   return op;
 }
 
-Tensor convolution(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
+Tensor conv_of(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
                    at::IntArrayRef stride, at::IntArrayRef padding,
                    at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
                    bool transposed) {
@@ -63,6 +64,11 @@ optional<Tensor> repeated(const optional<Tensor>& t, int64_t n) {
   return t ? optional<Tensor>(t->repeat({n})) : std::nullopt;
 }
 
+}  // namespace
+
+// (declared in eager_ops.h: gan_fast._C binds them for direct calls from Python)
+namespace gan_fast::eager {
+
 Tensor conv_in_act_eager(const Tensor& x, const Tensor& weight, const optional<Tensor>& bias,
                          const optional<Tensor>& norm_weight, const optional<Tensor>& norm_bias,
                          const optional<Tensor>& running_mean,
@@ -71,13 +77,14 @@ Tensor conv_in_act_eager(const Tensor& x, const Tensor& weight, const optional<T
                          at::IntArrayRef dilation, int64_t groups, bool transposed,
                          bool use_input_stats, double momentum, double eps,
                          double negative_slope) {
+  GAN_FAST_RECORD("gan_fast_C::conv_in_act_eager");
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(),
                     "gan_fast conv_in_act: running_mean and running_var must both be given or "
                     "both be None");
   TORCH_CHECK_VALUE(use_input_stats || running_mean.has_value(),
                     "gan_fast conv_in_act: running statistics are needed when use_input_stats "
                     "is false");
-  const Tensor y = convolution(x, weight, bias, stride, padding, output_padding, dilation,
+  const Tensor y = conv_of(x, weight, bias, stride, padding, output_padding, dilation,
                                groups, transposed);
   TORCH_CHECK_VALUE(y.dim() == 4, "gan_fast conv_in_act: expected a 4-D input");
   const int64_t n = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
@@ -112,14 +119,15 @@ Tensor conv_act_eager(const Tensor& x, const Tensor& weight, const optional<Tens
                       at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
                       bool transposed, double negative_slope) {
-  Tensor y = convolution(x, weight, bias, stride, padding, output_padding, dilation, groups,
+  GAN_FAST_RECORD("gan_fast_C::conv_act_eager");
+  Tensor y = conv_of(x, weight, bias, stride, padding, output_padding, dilation, groups,
                          transposed);
   if (negative_slope == 0.0) return at::relu_(y);
   if (negative_slope > 0.0) return at::leaky_relu_(y, negative_slope);
   return at::leaky_relu(y, negative_slope);  // in place refuses a negative slope's backward
 }
 
-}  // namespace
+}  // namespace gan_fast::eager
 
 TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
   m.def(
@@ -135,6 +143,6 @@ TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
 
 // CompositeImplicitAutograd: compositions of differentiable ops, for every device.
 TORCH_LIBRARY_IMPL(gan_fast_C, CompositeImplicitAutograd, m) {
-  m.impl("conv_in_act_eager", &conv_in_act_eager);
-  m.impl("conv_act_eager", &conv_act_eager);
+  m.impl("conv_in_act_eager", &gan_fast::eager::conv_in_act_eager);
+  m.impl("conv_act_eager", &gan_fast::eager::conv_act_eager);
 }

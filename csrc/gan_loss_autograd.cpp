@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "eager_common.h"
+#include "eager_ops.h"
 
 namespace {
 
@@ -91,13 +92,19 @@ struct LossFn : torch::autograd::Function<LossFn> {
   }
 };
 
+}  // namespace
+
+// (declared in eager_ops.h: gan_fast._C binds them for direct calls from Python)
+namespace gan_fast::eager {
+
 Tensor gan_loss_eager(const optional<Tensor>& real, const Tensor& fake, c10::string_view kind,
                       c10::string_view side, c10::string_view reduction,
                       double label_smoothing) {
+  GAN_FAST_RECORD("gan_fast_C::gan_loss_eager");
   return LossFn::apply(real, fake, kind, side, reduction, label_smoothing);
 }
 
-}  // namespace
+}  // namespace gan_fast::eager
 
 TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
   m.def(
@@ -108,5 +115,5 @@ TORCH_LIBRARY_FRAGMENT(gan_fast_C, m) {
 // CompositeImplicitAutograd: the function builds its own autograd node, so it
 // serves every device and grad mode.
 TORCH_LIBRARY_IMPL(gan_fast_C, CompositeImplicitAutograd, m) {
-  m.impl("gan_loss_eager", &gan_loss_eager);
+  m.impl("gan_loss_eager", &gan_fast::eager::gan_loss_eager);
 }

@@ -121,3 +121,36 @@ def test_trace_of_a_fused_model_on_the_cpp_backend_matches_stock(train):
         torch.testing.assert_close(loaded(x), same(x), atol=1e-5, rtol=1e-4)
         for (n, a), b in zip(same.named_buffers(), loaded.buffers()):
             torch.testing.assert_close(b, a, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_trace_records_the_chain_ops_not_their_insides(train):
+    """The eager C++ ops are called directly (gan_fast.kernels.cpp.eager_entry) except while
+    torch.jit.trace records: the trace holds each op (a BatchNorm block's, an InstanceNorm
+    chain's, a norm-free chain's), so the loaded trace updates running statistics and
+    differentiates as the model does."""
+    require_cpu_extension()
+    torch.manual_seed(0)
+    stock = nn.Sequential(
+        nn.Conv2d(3, 6, 3, 1, 1), nn.InstanceNorm2d(6, affine=True, track_running_stats=True),
+        nn.ReLU(True), nn.Conv2d(6, 4, 4, 2, 1), nn.LeakyReLU(0.2, True),
+        nn.ConvTranspose2d(4, 3, 4, 2, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU()).train(train)
+    x = torch.randn(2, 3, 8, 8)
+    with backends.use_backend("cpu"):
+        fused = gan_fast.fuse(copy.deepcopy(stock)).train(train)
+        traced = torch.jit.trace(fused, (x,), check_trace=False)
+        graph = str(traced.inlined_graph)
+        for op in ("conv_in_act_eager", "conv_act_eager", "conv_bn_act_eager"):
+            assert f"gan_fast_C::{op}" in graph, graph
+        stock(x)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        buf.seek(0)
+        loaded, same = torch.jit.load(buf), copy.deepcopy(stock)
+        xs, xl = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ys, yl = same(xs), loaded(xl)
+        torch.testing.assert_close(yl, ys, atol=1e-5, rtol=1e-4)
+        ys.square().sum().backward(), yl.square().sum().backward()
+        torch.testing.assert_close(xl.grad, xs.grad, atol=1e-4, rtol=1e-4)
+        for (n, a), b in zip(same.named_buffers(), loaded.buffers()):
+            torch.testing.assert_close(b, a, msg=lambda m: f"{n}: {m}")

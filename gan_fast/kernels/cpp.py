@@ -2,8 +2,8 @@
 
 Each function has the reference backend's signature and contract
 (``gan_fast.reference``) and calls one op of ``torch.ops.gan_fast_C``, which the
-extension registers (schemas in ``csrc/README.md``); the dispatcher picks the
-CPU or CUDA kernel from the tensors' device. Importing this module imports
+extension registers (schemas in ``csrc/README.md``), the eager ones through
+``eager_entry``; the dispatcher picks the CPU or CUDA kernel from the tensors' device. Importing this module imports
 ``gan_fast._C`` and fails with ImportError when the extension is not built.
 """
 from __future__ import annotations
@@ -13,6 +13,26 @@ import torch
 import gan_fast._C  # noqa: F401  (registers torch.ops.gan_fast_C.*)
 
 _ops = torch.ops.gan_fast_C
+
+
+def eager_entry(name: str):
+    """The eager op `name` (csrc/eager_ops.h: it builds its own autograd node) as a Python
+    callable: gan_fast._C's direct binding of the C++ function, without the dispatcher's
+    boxed Python call (about 3.5 us less a call, on every fused block); while
+    torch.jit.trace records, ``torch.ops.gan_fast_C.<name>``, so that the trace holds the
+    op rather than its insides (the tracer sees only dispatcher calls)."""
+    direct, boxed = getattr(gan_fast._C, name), getattr(_ops, name).default
+    tracing = torch._C._get_tracing_state
+
+    def call(*args):
+        return direct(*args) if tracing() is None else boxed(*args)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+_bn_act_train_eager = eager_entry("bn_act_train_eager")
+_bn_act_eval_eager = eager_entry("bn_act_eval_eager")
+_gan_loss_eager = eager_entry("gan_loss_eager")
 
 
 def bn_act_train_fwd(x, weight, bias, eps, negative_slope):
@@ -39,15 +59,13 @@ def bn_act_train_eager(x, weight, bias, running_mean, running_var, num_batches_t
     """Eager training forward with a C++ autograd node: act(BN(x)) like x; running stats
     (C,) and num_batches_tracked (if given) updated in place as BatchNorm2d does."""
     momentum = None if momentum is None else float(momentum)
-    return _ops.bn_act_train_eager.default(x, weight, bias, running_mean, running_var,
-                                           num_batches_tracked, momentum, float(eps),
-                                           float(negative_slope))
+    return _bn_act_train_eager(x, weight, bias, running_mean, running_var, num_batches_tracked,
+                               momentum, float(eps), float(negative_slope))
 
 
 def bn_act_eval_eager(x, weight, bias, mean, var, eps, negative_slope):
     """Eager forward with given statistics and a C++ autograd node: act(BN(x)) like x."""
-    return _ops.bn_act_eval_eager.default(x, weight, bias, mean, var, float(eps),
-                                          float(negative_slope))
+    return _bn_act_eval_eager(x, weight, bias, mean, var, float(eps), float(negative_slope))
 
 
 def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
@@ -62,4 +80,4 @@ def gan_loss_fwd(real, fake, kind, side, reduction, label_smoothing):
 def gan_loss_eager(real, fake, kind, side, reduction, label_smoothing):
     """The loss (0-dim, logits' dtype) with a C++ autograd node that saves d(loss)/d(logits)
     from the same kernel; real is ignored for side 'g'."""
-    return _ops.gan_loss_eager.default(real, fake, kind, side, reduction, float(label_smoothing))
+    return _gan_loss_eager(real, fake, kind, side, reduction, float(label_smoothing))

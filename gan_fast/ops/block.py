@@ -96,8 +96,8 @@ def forget(module: nn.Module) -> None:
 
 
 def _cpp_op():
-    import gan_fast.kernels.cpp  # noqa: F401  (loads gan_fast._C)
-    return torch.ops.gan_fast_C.conv_bn_act_eager.default
+    from gan_fast.kernels.cpp import eager_entry  # (loads gan_fast._C)
+    return eager_entry("conv_bn_act_eager")
 
 
 def _choose(x: Tensor, conv, bn):

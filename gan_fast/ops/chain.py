@@ -61,10 +61,9 @@ def _choose(x: Tensor, norm):
     device_type = x.device.type
     run = stock_then_norm_act
     if backends.resolve_name(device_type, x.dtype) in ("cpu", "cuda"):
-        import gan_fast.kernels.cpp  # noqa: F401  (loads gan_fast._C)
-        ops = torch.ops.gan_fast_C
-        run = _cpp_act(ops.conv_act_eager.default) if norm is None else \
-            _cpp_in(ops.conv_in_act_eager.default)
+        from gan_fast.kernels.cpp import eager_entry  # (loads gan_fast._C)
+        run = _cpp_act(eager_entry("conv_act_eager")) if norm is None else \
+            _cpp_in(eager_entry("conv_in_act_eager"))
     if fused_conv_mode(device_type) != "off":
         run = _with_fused_conv(run)
     return run
