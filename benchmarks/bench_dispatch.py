@@ -20,6 +20,10 @@ Cases (stock = the layers gan_fast replaces, with the same parameters):
 * ``*-conv-only``: the stock convolution alone (no fused variant): the share of a
   block's host time that is the convolution itself, the same call on both sides, so
   fused / stock cannot go below conv / stock;
+* ``in-train-fuse`` / ``in-eval-fuse``: ``gan_fast.fuse`` of CycleGAN's
+  ``Conv2d(3x3) + InstanceNorm2d(affine) + ReLU`` and ``act-*-fuse`` of PatchGAN's first
+  ``Conv2d(4x4, stride 2) + LeakyReLU(0.2)`` (no norm) vs the stock layers, on
+  (2, 8, 4, 4): the chains fuse makes without a BatchNorm (their own target: not slower);
 * ``bce-g``: ``GANLoss('bce', 'g')`` vs ``F.binary_cross_entropy_with_logits(x, ones)``,
   ``bce-d``: ``GANLoss('bce', 'd')`` vs the trainer's stock two-term BCE
   (``benchmarks.bench_gan_loss.stock_loss``), forward + backward.
@@ -64,6 +68,12 @@ def _block(which: str, train: bool, via_fuse: bool, device: str, seed: int, vari
         else:
             from gan_fast.nn import Conv2dBNAct, ConvTranspose2dBNAct
             block = (ConvTranspose2dBNAct if transposed else Conv2dBNAct).from_modules(conv, bn, act)
+    return _timed(block, train, device, gen, variant, hin, hout)
+
+
+def _timed(block: nn.Module, train: bool, device: str, gen, variant, hin: int, hout: int) -> Bench:
+    """One call of `block` (training: forward + backward w.r.t. the input and every
+    parameter; eval: forward under no_grad) on an (N, C, hin, hin) input."""
     block.to(device).train(train)
     params = list(block.parameters())
     fn = variant.wrap(block)
@@ -78,6 +88,27 @@ def _block(which: str, train: bool, via_fuse: bool, device: str, seed: int, vari
     return Bench(rotator=Rotator([(x, g)]), forward=forward,
                  grad_wrt=lambda s: [s[0], *params], grad_out=lambda s: s[1],
                  exclude=[*params, *block.buffers()], pre_iter=variant.pre_iter())
+
+
+# chain -> (stock layers of C channels, the output's H=W for a 4x4 input)
+CHAINS = {
+    "in": (lambda: [nn.Conv2d(C, C, 3, 1, 1), nn.InstanceNorm2d(C, affine=True), nn.ReLU(True)], 4),
+    "act": (lambda: [nn.Conv2d(C, C, 4, 2, 1), nn.LeakyReLU(0.2, True)], 2),
+}
+
+
+def _chain(which: str, train: bool, device: str, seed: int, variant) -> Bench:
+    """A chain fuse makes without a BatchNorm (CHAINS), stock or fused by gan_fast.fuse."""
+    layers, hout = CHAINS[which]
+    gen = seeded(seed, device)
+    block = nn.Sequential(*layers())
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    if variant.fused:
+        import gan_fast
+        block = gan_fast.fuse(block, verbose=False)
+    return _timed(block, train, device, gen, variant, 4, hout)
 
 
 def _loss(side: str, device: str, seed: int, variant) -> Bench:
@@ -107,6 +138,12 @@ def _stock_only(variant, opts: Options):
 def _compiled_elsewhere(variant, opts: Options):
     if variant.is_compiled:
         return "the torch.compile variants of this block are timed in the case without -fuse"
+    return None
+
+
+def _chain_vs_stock(variant, opts: Options):
+    if variant.is_compiled:
+        return "fuse's chains vs the stock layers; torch.compile's host cost is timed in the G/D cases"
     return None
 
 
@@ -143,6 +180,18 @@ def cases(opts: Options) -> list[Case]:
                 describe=f"{'ConvTranspose2d' if transposed else 'Conv2d'} alone (stock): "
                          "the part of a block's host time that fusing cannot remove",
                 fmt="nchw", priority=(0, 0, 4, i), variant_filter=_stock_only, **common))
+            i += 1
+    for which, (_, hout) in CHAINS.items():
+        for train in (True, False):
+            out.append(Case(
+                label=f"{which}-{'train' if train else 'eval'}-fuse",
+                modes=("fwd+bwd",) if train else ("fwd",),
+                build=functools.partial(_chain, which, train, opts.device, opts.seed),
+                shape=f"({N},{C},4,4)->({N},{C},{hout},{hout})",
+                describe=("gan_fast.fuse(stock) vs "
+                          + ("Conv2d+InstanceNorm2d+ReLU" if which == "in" else "Conv2d+LeakyReLU(0.2)")
+                          + (", train fwd+bwd" if train else ", eval fwd under no_grad")),
+                fmt="nchw", priority=(0, 0, 4, i), variant_filter=_chain_vs_stock, **common))
             i += 1
     for side in ("g", "d"):
         out.append(Case(

@@ -24,7 +24,8 @@ def test_cases():
     cases = {c.label: c for c in runner.plan(_opts())}
     assert set(cases) == {"G-train", "G-eval", "D-train", "D-eval", "G-train-fuse", "G-eval-fuse",
                           "D-train-fuse", "D-eval-fuse", "bce-g", "bce-d", "G-train-conv-only",
-                          "G-eval-conv-only", "D-train-conv-only", "D-eval-conv-only"}
+                          "G-eval-conv-only", "D-train-conv-only", "D-eval-conv-only",
+                          "in-train-fuse", "in-eval-fuse", "act-train-fuse", "act-eval-fuse"}
     assert all(c.threads == 1 and c.interleaved and c.op == "dispatch" for c in cases.values())
     assert cases["G-eval"].modes == ("fwd",) and cases["D-train"].modes == ("fwd+bwd",)
     compiled = variants.parse("compile")
@@ -32,9 +33,12 @@ def test_cases():
     fused, eager = variants.parse("gan_fast:cpu"), variants.parse("eager")
     only = cases["D-eval-conv-only"].variant_filter
     assert only(fused, _opts()) and only(eager, _opts()) is None
+    chain = cases["in-train-fuse"].variant_filter
+    assert chain(compiled, _opts()) and chain(fused, _opts()) is None
 
 
-@pytest.mark.parametrize("label", ["bce-g", "bce-d", "G-train", "D-eval", "D-train-fuse"])
+@pytest.mark.parametrize("label", ["bce-g", "bce-d", "G-train", "D-eval", "D-train-fuse",
+                                   "in-train-fuse", "act-eval-fuse"])
 def test_interleaved_records(label):
     opts = _opts()
     case = next(c for c in runner.plan(opts) if c.label == label)
