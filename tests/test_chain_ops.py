@@ -1,7 +1,7 @@
 """The C++ ops of fuse's InstanceNorm2d and norm-free chains (csrc/conv_chain.cpp,
-gan_fast/ops/chain.py) on the cpu backend: one op per chain call, bit for bit what the
-Python composition they replace computes (the same kernels), stock's results, errors and
-fallbacks, and exact double backward."""
+gan_fast/ops/chain.py) on the cpu backend (and the cuda one on a GPU): one op per chain
+call, bit for bit what the Python composition they replace computes (the same kernels),
+stock's results, errors and fallbacks, and exact double backward."""
 import copy
 
 import pytest
@@ -15,10 +15,21 @@ from helpers import require_cpu_extension
 require_cpu_extension()
 
 
-@pytest.fixture(autouse=True)
-def cpu_backend():
-    with gan_fast.use_backend("cpu"):
-        yield
+@pytest.fixture(autouse=True, params=[
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="no CUDA GPU on this machine"))])
+def device(request):
+    """The device the test runs on (modules and tensors made there), its C++ backend forced;
+    on CUDA without TF32, so that fp32 convolutions compare with stock's."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with gan_fast.use_backend(request.param), torch.device(request.param):
+        yield request.param
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+# float64 runs on the cpu backend only (the cuda backend has no float64 kernels)
+cpu_only = pytest.mark.parametrize("device", ["cpu"], indirect=True)
 
 
 def _chain(norm, transposed=False, slope=0.2, c_in=3, c_out=5):
@@ -35,12 +46,12 @@ def _norm(affine=True, bias=True, track=True, momentum=0.1):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         if norm.weight is not None:
-            norm.weight.copy_(0.5 + torch.rand(5, generator=gen))
+            norm.weight.copy_(0.5 + torch.rand(5, generator=gen, device="cpu"))
         if norm.bias is not None:
-            norm.bias.copy_(0.2 * torch.randn(5, generator=gen))
+            norm.bias.copy_(0.2 * torch.randn(5, generator=gen, device="cpu"))
         if norm.running_mean is not None:
-            norm.running_mean.copy_(0.1 * torch.randn(5, generator=gen))
-            norm.running_var.copy_(0.5 + torch.rand(5, generator=gen))
+            norm.running_mean.copy_(0.1 * torch.randn(5, generator=gen, device="cpu"))
+            norm.running_var.copy_(0.5 + torch.rand(5, generator=gen, device="cpu"))
     return norm
 
 
@@ -51,14 +62,14 @@ def _ops_called(model, x):
     return {e.name for e in prof.events() if e.name.startswith("gan_fast_C::")}
 
 
-def _python_path(fused):
-    """`fused`'s chains forced onto the Python composition (what they ran before the ops)."""
+def _python_path(fused, x):
+    """`fused`'s chains forced onto the Python composition (what they ran before the ops)
+    for tensors like x."""
     for m in fused.modules():
         cache = m.__dict__.get("_gan_fast_paths")
         if cache is not None:
             cache.clear()
-            cache.update({(d, t, gan_fast.backends.generation): chain.stock_then_norm_act
-                          for d in (torch.device("cpu"),) for t in (torch.float32, torch.float64)})
+            cache[(x.device, x.dtype, gan_fast.backends.generation)] = chain.stock_then_norm_act
     return fused
 
 
@@ -90,7 +101,7 @@ def test_instance_norm_chain_is_one_op_and_same_bits_as_python(config, transpose
     assert "gan_fast_C::conv_in_act_eager" in _ops_called(
         gan_fast.fuse(copy.deepcopy(stock)).train(train), x)
     for x in (x, x.contiguous(memory_format=torch.channels_last)):
-        python = _python_path(gan_fast.fuse(copy.deepcopy(stock)))
+        python = _python_path(gan_fast.fuse(copy.deepcopy(stock)), x)
         _same_bits(python, gan_fast.fuse(copy.deepcopy(stock)), x, train=train)
 
 
@@ -101,10 +112,11 @@ def test_norm_free_chain_is_one_op_and_same_bits_as_python(slope, transposed):
     stock = _chain(None, transposed, slope)
     x = torch.randn(2, 3, 6, 5)
     assert "gan_fast_C::conv_act_eager" in _ops_called(gan_fast.fuse(copy.deepcopy(stock)), x)
-    _same_bits(_python_path(gan_fast.fuse(copy.deepcopy(stock))), gan_fast.fuse(stock), x)
+    _same_bits(_python_path(gan_fast.fuse(copy.deepcopy(stock)), x), gan_fast.fuse(stock), x)
 
 
-def test_instance_norm_chain_matches_stock_float64():
+@cpu_only
+def test_instance_norm_chain_matches_stock_float64(device):
     torch.manual_seed(0)
     stock = _chain(_norm(), transposed=True).double()
     fused = gan_fast.fuse(copy.deepcopy(stock))
@@ -139,7 +151,7 @@ def test_what_the_op_does_not_take_runs_as_stock(case):
     x = {"unbatched": torch.randn(3, 6, 5), "empty": torch.randn(0, 3, 6, 5)}.get(
         case, torch.randn(2, 3, 6, 5))
     if case == "autocast":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
             ya, yb = stock(x), fused(x)
         assert yb.dtype == ya.dtype
         torch.testing.assert_close(yb.float(), ya.float(), atol=2e-2, rtol=2e-2)
@@ -157,8 +169,9 @@ def test_what_the_op_does_not_take_runs_as_stock(case):
         torch.testing.assert_close(b, a, msg=n)
 
 
+@cpu_only
 @pytest.mark.parametrize("norm", [True, False])
-def test_double_backward_through_the_ops_is_exact(norm):
+def test_double_backward_through_the_ops_is_exact(device, norm):
     """gradgradcheck in x, and an R1-style penalty (gradient of the input gradient's norm)
     reaching every parameter as stock's does."""
     torch.manual_seed(0)
