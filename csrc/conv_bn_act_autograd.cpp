@@ -46,8 +46,8 @@ struct Geometry {
 
 Tensor convolution(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
                    const Geometry& g) {
-  return at::convolution(x, w, b, g.stride, g.padding, g.dilation, g.transposed,
-                         g.output_padding, g.groups);
+  return stock_conv("gan_fast conv_bn_act", x, w, b, g.stride, g.padding, g.output_padding,
+                    g.dilation, g.groups, g.transposed);
 }
 
 struct Forward {

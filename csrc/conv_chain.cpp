@@ -29,7 +29,6 @@
 
 namespace {
 
-using gan_fast::eager::dense;
 using at::Tensor;
 using std::optional;
 
@@ -50,14 +49,6 @@ auto& bn_eval_op() {
                                      const optional<Tensor>&, const Tensor&, const Tensor&,
                                      double, double)>();
   return op;
-}
-
-Tensor conv_of(const Tensor& x, const Tensor& w, const optional<Tensor>& b,
-                   at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
-                   bool transposed) {
-  return at::convolution(x, w, b, stride, padding, dilation, transposed, output_padding,
-                         groups);
 }
 
 optional<Tensor> repeated(const optional<Tensor>& t, int64_t n) {
@@ -84,9 +75,8 @@ Tensor conv_in_act_eager(const Tensor& x, const Tensor& weight, const optional<T
   TORCH_CHECK_VALUE(use_input_stats || running_mean.has_value(),
                     "gan_fast conv_in_act: running statistics are needed when use_input_stats "
                     "is false");
-  const Tensor y = conv_of(x, weight, bias, stride, padding, output_padding, dilation,
-                               groups, transposed);
-  TORCH_CHECK_VALUE(y.dim() == 4, "gan_fast conv_in_act: expected a 4-D input");
+  const Tensor y = stock_conv("gan_fast conv_in_act", x, weight, bias, stride, padding,
+                              output_padding, dilation, groups, transposed);
   const int64_t n = y.size(0), c = y.size(1), h = y.size(2), w = y.size(3);
   // the check and message of F.instance_norm (InstanceNorm2d's)
   TORCH_CHECK_VALUE(!use_input_stats || h * w != 1,
@@ -120,8 +110,8 @@ Tensor conv_act_eager(const Tensor& x, const Tensor& weight, const optional<Tens
                       at::IntArrayRef output_padding, at::IntArrayRef dilation, int64_t groups,
                       bool transposed, double negative_slope) {
   GAN_FAST_RECORD("gan_fast_C::conv_act_eager");
-  Tensor y = conv_of(x, weight, bias, stride, padding, output_padding, dilation, groups,
-                         transposed);
+  Tensor y = stock_conv("gan_fast conv_act", x, weight, bias, stride, padding, output_padding,
+                        dilation, groups, transposed);
   if (negative_slope == 0.0) return at::relu_(y);
   if (negative_slope > 0.0) return at::leaky_relu_(y, negative_slope);
   return at::leaky_relu(y, negative_slope);  // in place refuses a negative slope's backward

@@ -51,6 +51,20 @@ inline auto& bwd_op() {
 // The layout of x's outputs and gradients (stock's rule, cuda/contract.h).
 inline at::MemoryFormat format_of(const Tensor& x) { return gan_fast::memory_format(x); }
 
+// The stock convolution of a block, as nn.Conv2d / nn.ConvTranspose2d run it: at::conv2d /
+// at::conv_transpose2d (their input checks and messages, e.g. an input/bias dtype
+// mismatch), for a 4-D x (op_name: the caller, named in the error otherwise).
+inline Tensor stock_conv(const char* op_name, const Tensor& x, const Tensor& w,
+                         const optional<Tensor>& b, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef output_padding,
+                         at::IntArrayRef dilation, int64_t groups, bool transposed) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op_name, ": expected a 4-D (N, C, H, W) input, got ",
+                    x.dim(), "-D of size ", x.sizes());
+  return transposed ? at::conv_transpose2d(x, w, b, stride, padding, output_padding, groups,
+                                           dilation)
+                    : at::conv2d(x, w, b, stride, padding, dilation, groups);
+}
+
 // x as contiguous NCHW or channels_last, the two layouts the kernels take
 inline Tensor dense(const Tensor& x) { return gan_fast::is_dense(x) ? x : x.contiguous(); }
 

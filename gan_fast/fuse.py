@@ -45,6 +45,7 @@ def _fuse_chain(model: nn.Module, ch) -> None:
     conv = model.get_submodule(ch.conv)
     norm = model.get_submodule(ch.norm) if ch.norm else None
     conv.__class__ = FUSED_CLASS[type(conv)]
+    conv.__dict__.pop("_gan_fast_paths", None)  # choices cached for a chain it was in before
     object.__setattr__(conv, "_gan_fast_norm", norm)  # not a submodule: keeps state_dict keys
     if norm is not None:
         norm.__class__ = ABSORBED_NORM[type(norm)]
@@ -105,6 +106,7 @@ def unfuse(model: nn.Module) -> nn.Module:
             for attr in ("_gan_fast_norm", "_gan_fast_slope", "_gan_fast_act_slot"):
                 object.__delattr__(m, attr)
             m.__class__ = STOCK_CLASS[type(m)]
+            m.__dict__.pop("_gan_fast_paths", None)
             if norm is not None:
                 norm.__class__ = STOCK_NORM[type(norm)]
                 norm.__dict__.pop("_gan_fast_conv", None)

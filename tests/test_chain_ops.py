@@ -69,7 +69,7 @@ def _python_path(fused, x):
         cache = m.__dict__.get("_gan_fast_paths")
         if cache is not None:
             cache.clear()
-            cache[(x.device, x.dtype, gan_fast.backends.generation)] = chain.stock_then_norm_act
+            cache[("chain", x.device, x.dtype, gan_fast.backends.generation)] = chain.stock_then_norm_act
     return fused
 
 
@@ -209,3 +209,90 @@ def test_stock_conv_error_for_wrong_channels():
     fused = gan_fast.fuse(_chain(_norm()))
     with pytest.raises(RuntimeError, match="channels"):
         fused(torch.randn(2, 4, 6, 5))
+
+
+NORMS = {"batch": lambda: nn.BatchNorm2d(5), "instance": lambda: _norm(), "none": lambda: None}
+
+
+@pytest.mark.parametrize("first", NORMS)
+@pytest.mark.parametrize("then", NORMS)
+def test_a_conv_refused_into_another_chain_runs_its_new_chain(first, then):
+    """Choices cached on a fused conv do not survive unfuse / a new fuse with another norm."""
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(3, 5, 3, 1, 1), torch.randn(2, 3, 6, 5)
+    model = gan_fast.fuse(_chain(NORMS[first](), c_in=3))
+    model[0] = conv
+    model(x)
+    gan_fast.unfuse(model)
+    stock = _chain(NORMS[then]())
+    stock[0] = conv
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    torch.testing.assert_close(fused(x), stock(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_geometry_given_as_numpy_ints_or_a_plain_int(norm):
+    """What stock's F.conv2d takes for stride/padding, the fused ops take too (the direct
+    binding refuses numpy ints; the op runs through the dispatcher then)."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(0)
+    k = np.int64(4)
+    stock = _chain(NORMS[norm]())
+    stock[0] = nn.Conv2d(3, 5, k, stride=k // 2, padding=k // 4)
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fused(x), stock(x), atol=1e-5, rtol=1e-5)
+    stock[0].stride = fused[0].stride = 1  # an int set after construction
+    torch.testing.assert_close(fused(x), stock(x), atol=1e-5, rtol=1e-5)
+
+
+class _Tagged(torch.Tensor):
+    """A Tensor subclass with the default __torch_function__ (results keep the subclass)."""
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_tensor_subclasses_and_torch_function_modes_see_the_op(norm):
+    torch.manual_seed(0)
+    stock = _chain(NORMS[norm]())
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    x = torch.randn(2, 3, 6, 5)
+    assert type(stock(x.as_subclass(_Tagged))) is _Tagged
+    assert type(fused(x.as_subclass(_Tagged))) is _Tagged
+
+    seen = []
+
+    class Log(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        fused(x)
+    assert any("gan_fast_C" in s or "conv2d" in s for s in seen), seen
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_input_dtype_mismatch_gives_stocks_error(norm):
+    stock = _chain(NORMS[norm]())
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    with pytest.raises(RuntimeError) as want:
+        stock(x)
+    with pytest.raises(RuntimeError) as got:
+        fused(x)
+    assert str(got.value) == str(want.value)
+
+
+def test_unbatched_input_after_a_batched_call_is_refused_as_on_the_first_call():
+    """BatchNorm2d refuses a 3-D input (stock: ValueError); so does the fused block, with
+    the same message whether or not its choice of kernels is cached."""
+    stock = _chain(nn.BatchNorm2d(5))
+    with pytest.raises(ValueError):
+        stock(torch.randn(3, 6, 5))
+    fused = gan_fast.fuse(copy.deepcopy(stock))
+    with pytest.raises(ValueError, match="4-D") as first:
+        fused(torch.randn(3, 6, 5))
+    fused(torch.randn(2, 3, 6, 5))  # the block's choice is cached now
+    with pytest.raises(ValueError) as then:
+        fused(torch.randn(3, 6, 5))
+    assert str(then.value) == str(first.value)

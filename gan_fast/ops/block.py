@@ -46,6 +46,16 @@ def state(module: nn.Module, name: str):
     return getattr(module, name)
 
 
+def conv_geometry(conv):
+    """(stride, padding, output_padding, dilation) of `conv` as the C++ ops take them: as
+    set by the constructor (tuples), or an int assigned later (stock's F.conv2d takes it)
+    made a pair."""
+    g = conv.stride, conv.padding, conv.output_padding, conv.dilation
+    if type(g[0]) is tuple and type(g[1]) is tuple and type(g[2]) is tuple and type(g[3]) is tuple:
+        return g
+    return tuple(v if isinstance(v, (tuple, list)) else (v, v) for v in g)
+
+
 def bn_mode(bn: nn.BatchNorm2d):
     """BatchNorm2d.forward's rule, the one definition of it in gan_fast:
     (batch_stats, running_mean, running_var, num_batches_tracked, momentum), where the
@@ -196,13 +206,12 @@ class BatchNormSpec:
 
 def _cpp(op, device_type: str):
     def run(x, conv, bn, negative_slope):
-        if (conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+        if (x.dim() != 4 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
                 or torch.is_autocast_enabled(device_type)):
-            return _unfused(x, conv, bn, negative_slope)
+            return _unfused(x, conv, bn, negative_slope)  # (and the stock modules' errors)
         batch_stats, running_mean, running_var, nbt, momentum = bn_mode(bn)
         return op(x, state(conv, "weight"), state(conv, "bias"), state(bn, "weight"), state(bn, "bias"),
-                  running_mean, running_var, nbt,
-                  conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups,
+                  running_mean, running_var, nbt, *conv_geometry(conv), conv.groups,
                   conv.transposed, batch_stats, momentum, bn.eps, negative_slope)
     return run
 

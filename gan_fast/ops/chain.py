@@ -24,7 +24,7 @@ from torch import Tensor
 
 from gan_fast import backends
 from gan_fast.ops import conv_act, in_act
-from gan_fast.ops.block import _stock_conv, state
+from gan_fast.ops.block import _stock_conv, conv_geometry, state
 
 
 def after_stock_conv(y: Tensor, norm, negative_slope: float) -> Tensor:
@@ -46,7 +46,8 @@ def chain_forward(cache: dict, x: Tensor, conv, norm, negative_slope: float) -> 
     (C_in, H, W)) -> (N, C_out, H', W'); with an InstanceNorm, NCHW-contiguous as stock."""
     if torch.compiler.is_compiling():
         return _with_fused_conv(stock_then_norm_act)(x, conv, norm, negative_slope)
-    key = (x.device, x.dtype, backends.generation) if isinstance(x, Tensor) else None
+    # (its own keys: a conv re-fused into a BatchNorm block uses the same cache)
+    key = ("chain", x.device, x.dtype, backends.generation) if isinstance(x, Tensor) else None
     run = cache.get(key)
     if run is None:
         if key is None:
@@ -80,9 +81,8 @@ def _cpp_act(op):
     def run(x, conv, norm, negative_slope):
         if not _cpp_takes(x, conv):
             return stock_then_norm_act(x, conv, norm, negative_slope)
-        return op(x, state(conv, "weight"), state(conv, "bias"), conv.stride, conv.padding,
-                  conv.output_padding, conv.dilation, conv.groups, conv.transposed,
-                  negative_slope)
+        return op(x, state(conv, "weight"), state(conv, "bias"), *conv_geometry(conv),
+                  conv.groups, conv.transposed, negative_slope)
     return run
 
 
@@ -95,9 +95,9 @@ def _cpp_in(op):
                 or type(momentum) is not float or (not use_input_stats and running_mean is None)):
             return stock_then_norm_act(x, conv, norm, negative_slope)
         return op(x, state(conv, "weight"), state(conv, "bias"), state(norm, "weight"),
-                  state(norm, "bias"), running_mean, state(norm, "running_var"), conv.stride,
-                  conv.padding, conv.output_padding, conv.dilation, conv.groups, conv.transposed,
-                  use_input_stats, momentum, eps, negative_slope)
+                  state(norm, "bias"), running_mean, state(norm, "running_var"),
+                  *conv_geometry(conv), conv.groups, conv.transposed, use_input_stats, momentum,
+                  eps, negative_slope)
     return run
 
 
