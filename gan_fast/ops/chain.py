@@ -11,9 +11,9 @@ and kept in the module's `cache`, as ``block_forward`` does:
   then InstanceNorm + activation on the fused bn_act ops (``conv_in_act_eager``) or the
   activation in place (``conv_act_eager``): one crossing from Python;
 * otherwise (``reference``; or what those ops do not take: padding_mode other than
-  'zeros', string padding, autocast, unbatched or empty input, an eps or momentum that is
-  not a positive float): the stock conv module, then ``in_act.from_module`` /
-  ``conv_act.stock``, which also give stock's errors.
+  'zeros', string padding, an unbatched input; with an InstanceNorm also autocast, an empty
+  input, an eps or momentum that is not a positive float): the stock conv module, then
+  ``in_act.from_module`` / ``conv_act.stock``, which also give stock's errors.
 
 Under torch.compile the fused conv's custom ops or the Python composition are traced.
 """
@@ -64,20 +64,20 @@ def _choose(x: Tensor, norm):
     if backends.resolve_name(device_type, x.dtype) in ("cpu", "cuda"):
         from gan_fast.kernels.cpp import eager_entry  # (loads gan_fast._C)
         run = _cpp_act(eager_entry("conv_act_eager")) if norm is None else \
-            _cpp_in(eager_entry("conv_in_act_eager"))
+            _cpp_in(eager_entry("conv_in_act_eager"), device_type)
     if fused_conv_mode(device_type) != "off":
         run = _with_fused_conv(run)
     return run
 
 
 def _cpp_takes(x: Tensor, conv) -> bool:
-    """Whether the C++ ops take this call (else the Python composition runs)."""
-    return (x.dim() == 4 and x.numel() > 0 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str)
-            and not torch.is_autocast_enabled(x.device.type))
+    """Whether the C++ ops take this x and conv (else the Python composition runs)."""
+    return x.dim() == 4 and conv.padding_mode == "zeros" and type(conv.padding) is not str
 
 
 def _cpp_act(op):
+    # (under autocast the op's at::conv2d casts as the stock conv's does, and the activation
+    # runs on what it gives, as in stock)
     def run(x, conv, norm, negative_slope):
         if not _cpp_takes(x, conv):
             return stock_then_norm_act(x, conv, norm, negative_slope)
@@ -86,13 +86,15 @@ def _cpp_act(op):
     return run
 
 
-def _cpp_in(op):
+def _cpp_in(op, device_type: str):
     def run(x, conv, norm, negative_slope):
         use_input_stats, momentum = in_act.module_mode(norm)
         eps = norm.eps
         running_mean = state(norm, "running_mean")
-        if (not _cpp_takes(x, conv) or type(eps) is not float or not eps > 0.0
-                or type(momentum) is not float or (not use_input_stats and running_mean is None)):
+        if (not _cpp_takes(x, conv) or x.numel() == 0 or type(eps) is not float
+                or not eps > 0.0 or type(momentum) is not float
+                or (not use_input_stats and running_mean is None)
+                or torch.is_autocast_enabled(device_type)):
             return stock_then_norm_act(x, conv, norm, negative_slope)
         return op(x, state(conv, "weight"), state(conv, "bias"), state(norm, "weight"),
                   state(norm, "bias"), running_mean, state(norm, "running_var"),
