@@ -285,3 +285,29 @@ def test_compile_dynamic_shapes_time_each_shape(measuring, timer, calls):
     assert timer.timed == ["fused", "unfused"] * 2
     assert {cfg.x_shape[0] for cfg in _conv_choices()} == {2, 3}
     assert calls["conv2d_bn_act_eval"] == 2, calls
+
+
+@pytest.mark.parametrize("winner", ["fused", "unfused"])
+def test_a_blocks_later_calls_reuse_its_choice_without_rebuilding_the_key(
+        monkeypatch, measuring, timer, calls, winner):
+    """A block memoises auto's choice per call shape (x's shape and strides, gradients,
+    batch statistics): repeated calls cost a dict lookup, not the full configuration key;
+    a new shape or gradient need builds it again. A stale choice after the conv is
+    changed in place can only cost speed: the fused conv's own checks still run."""
+    timer.times = {"fused": 1.0, "unfused": 2.0} if winner == "fused" else {"fused": 2.0, "unfused": 1.0}
+    keys = []
+    real = cba._config_key
+    monkeypatch.setattr(cba, "_config_key", lambda *a: keys.append(1) or real(*a))
+    block, twin = _make()
+    x = torch.randn(SHAPE, device=DEVICE)
+    for _ in range(3):
+        block(x)
+    assert len(keys) == 1
+    block(torch.randn((3,) + SHAPE[1:], device=DEVICE))
+    with torch.no_grad():
+        block(x)
+    assert len(keys) == 3
+    block.conv.padding_mode = twin[0].padding_mode = "reflect"  # the fused conv does not apply
+    before = dict(calls)
+    torch.testing.assert_close(block(x), twin(x), atol=1e-5, rtol=1e-4)
+    assert calls == before

@@ -220,8 +220,9 @@ def _with_fused_conv(otherwise, mode: str):
     """The Triton fused conv where it applies and (mode 'measure': auto's timing per block
     configuration) is chosen, else `otherwise`."""
     from gan_fast.ops.conv_block import fused_block
+    decisions = {}  # auto's measured choices for this block's calls
 
     def run(x, conv, bn, negative_slope):
-        out = fused_block(x, conv, bn, negative_slope, mode=mode)
+        out = fused_block(x, conv, bn, negative_slope, mode=mode, decisions=decisions)
         return out if out is not None else otherwise(x, conv, bn, negative_slope)
     return run

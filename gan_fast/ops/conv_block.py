@@ -55,7 +55,7 @@ from torch.nn.utils import skip_init
 
 from gan_fast import _checks, _formats, backends
 from gan_fast.ops import bn_act as ops_bn_act
-from gan_fast.ops.block import bn_mode
+from gan_fast.ops.block import bn_mode, state
 from gan_fast.ops.bn_act import update_running_stats
 from gan_fast.ops import conv_act as ops_conv_act, conv_in_act as ops_conv_in_act
 from gan_fast.ops.conv_bn_act import (TrainEager, _out_hw, conv_bn_act_eval,
@@ -240,19 +240,49 @@ def _fused_is_faster(key: tuple, op: str = _OP) -> bool:
 
 
 def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=None,
-                        op: str = _OP) -> bool:
+                        op: str = _OP, decisions: Optional[dict] = None) -> bool:
     """Whether this call runs the fused conv of `op` (see the module docstring); `mode`: the
-    _fused_conv_mode a caller decided once (None: decide now)."""
+    _fused_conv_mode a caller decided once (None: decide now). `decisions`: a module's memo
+    of auto's measured choice, keyed by what changes between its calls (x's shape and
+    strides, which gradients are needed, batch statistics; the weight's shape for the
+    functional API's shared memo), so that a call costs a dict lookup instead of building
+    the full configuration (about 15 us); a stale entry (a conv's geometry changed in
+    place) can only cost speed, never change a result: both ways compute the same."""
     mode = mode or _fused_conv_mode(x.device.type)
     if mode != "measure":
         return mode == "on"
-    return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats), op)
+    if decisions is None:
+        return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats), op)
+    memo = _memo_key(x, conv, batch_stats, op)
+    fused = decisions.get(memo)
+    if fused is None:
+        fused = decisions[memo] = _fused_is_faster(
+            _config_key(x, conv, bn, geometry, batch_stats), op)
+    return fused
+
+
+def _memo_key(x: Tensor, conv, batch_stats: bool, op: str) -> tuple:
+    """The key of auto's memoised choice for this call (``_fused_conv_enabled``)."""
+    grad = torch.is_grad_enabled()
+    w = state(conv, "weight")
+    return (op, x.shape, x.stride(), w.shape, grad and x.requires_grad, grad and w.requires_grad,
+            batch_stats)
+
+
+def _memo_says_unfused(decisions: Optional[dict], mode, x: Tensor, conv, batch_stats: bool,
+                       op: str) -> bool:
+    """Whether auto already chose the stock way for calls like this one: the caller then
+    returns at once, before the checks only the fused way needs (on a GPU under auto,
+    where the stock way wins, a block call would otherwise pay them every time)."""
+    return (decisions is not None and mode == "measure"
+            and decisions.get(_memo_key(x, conv, batch_stats, op)) is False)
 
 
 # ------------------------------------------------------------------------ module entry
 def _applies(x: Tensor, conv, bn) -> bool:
     """Whether the fused ops can compute this block for x (module docstring, second list);
-    bn: a BatchNorm2d, an InstanceNorm2d or None (no norm)."""
+    bn: a BatchNorm2d, an InstanceNorm2d or None (no norm). Runs on every call under
+    ``auto`` on a GPU: each module tensor is read once (``block.state``), the device once."""
     if (not isinstance(x, Tensor) or x.dim() != 4 or x.dtype not in _formats.GPU_DTYPES
             or x.numel() == 0):
         return False
@@ -260,29 +290,31 @@ def _applies(x: Tensor, conv, bn) -> bool:
         return False
     if isinstance(conv.padding, str):
         return False
-    w, b = conv.weight, conv.bias
-    if w.dtype != x.dtype or w.device != x.device or (b is not None and
-                                                      (b.dtype != x.dtype or b.device != x.device)):
+    device, dtype = x.device, x.dtype
+    w, b = state(conv, "weight"), state(conv, "bias")
+    if w.dtype != dtype or w.device != device or (b is not None and
+                                                  (b.dtype != dtype or b.device != device)):
         return False
     if x.shape[1] != conv.in_channels:
         return False  # a channel mismatch: the stock conv raises its own error
     for m in (conv, bn):
         if m is not None and (m._forward_hooks or m._forward_pre_hooks):
             return False
-    if x.numel() > _INT32_MAX or torch.is_autocast_enabled(x.device.type):
+    if x.numel() > _INT32_MAX or torch.is_autocast_enabled(device.type):
         return False
     if bn is None:
         return True
     if conv.out_channels != bn.num_features:
         return False
-    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-        if t is not None and t.device != x.device:
+    bw, bb = state(bn, "weight"), state(bn, "bias")
+    rm, rv = state(bn, "running_mean"), state(bn, "running_var")
+    for t in (bw, bb, rm, rv):
+        if t is not None and t.device != device:
             return False
-    for t in (bn.weight, bn.bias):
-        if t is not None and t.dtype not in (torch.float32, x.dtype):
+    for t in (bw, bb):
+        if t is not None and t.dtype not in (torch.float32, dtype):
             return False
-    return (bn.weight is None) == (bn.bias is None) and \
-        (bn.running_mean is None) == (bn.running_var is None)
+    return (bw is None) == (bb is None) and (rm is None) == (rv is None)
 
 
 def _geometry(conv, output_padding=None):
@@ -320,7 +352,8 @@ def fused_conv_mode(device_type: str) -> str:
 
 
 def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
-                output_padding=None, mode: Optional[str] = None) -> Optional[Tensor]:
+                output_padding=None, mode: Optional[str] = None,
+                decisions: Optional[dict] = None) -> Optional[Tensor]:
     """act(bn(conv(x))) through the fused-conv ops, or None when they do not apply or are
     not chosen (module docstring).
 
@@ -330,8 +363,10 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     track_running_stats, momentum incl. None) are honoured exactly as
     ``gan_fast.nn.bn_act_from_module`` does; running statistics are updated in place in
     training. Returns (N, C_out, H', W') like x, or None (the caller then falls back to
-    the unfused path: conv, then bn_act).
+    the unfused path: conv, then bn_act). mode, decisions: see ``_fused_conv_enabled``.
     """
+    if isinstance(x, Tensor) and _memo_says_unfused(decisions, mode, x, conv, bn_mode(bn)[0], _OP):
+        return None
     if not _applies(x, conv, bn):
         return None
     geometry = _geometry(conv, output_padding)
@@ -345,7 +380,7 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     if batch_stats and x.shape[0] * oh * ow <= 1:  # the check and message of F.batch_norm
         size = torch.Size((x.shape[0], conv.out_channels, oh, ow))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode):
+    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode, decisions=decisions):
         return None
     return _run_fused(x, conv, bn, negative_slope, geometry)
 
@@ -355,7 +390,8 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
     (``conv_in_act`` / ``conv_act``), decided as ``fused_block`` decides for BatchNorm; or
     None when they do not apply or are not chosen (the caller then runs the stock conv and
     the rest). `cache`: the module's dict of choices (``ops.block.paths``), where the
-    backend's mode is kept per (device, dtype, backend generation)."""
+    backend's mode is kept per (device, dtype, backend generation), and auto's measured
+    choices are memoised (``_fused_conv_enabled``)."""
     if not isinstance(x, Tensor):
         return None
     mode = None
@@ -367,6 +403,9 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
         if mode == "off":
             return None
     op = "conv_act" if norm is None else "conv_in_act"
+    if mode is not None and _memo_says_unfused(
+            cache, mode, x, conv, norm is not None and ops_conv_in_act.module_mode(norm)[0], op):
+        return None
     if (norm is None and not ops_conv_act.applies(negative_slope)) or not _applies(x, conv, norm):
         return None
     geometry = _geometry(conv)
@@ -379,6 +418,7 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
         if batch_stats and oh * ow <= 1:
             return None  # stock instance_norm raises its error
         _checks.bn_eps(norm.eps, batch_stats)
-    if not _fused_conv_enabled(x, conv, norm, geometry, batch_stats, mode, op):
+    if not _fused_conv_enabled(x, conv, norm, geometry, batch_stats, mode, op,
+                               None if mode is None else cache):
         return None
     return _OTHERS[op].run_fused(x, conv, norm, negative_slope, geometry)
