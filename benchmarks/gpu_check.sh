@@ -176,7 +176,7 @@ fi
 # ---------------------------------------------------------------------- benchmarks
 BLEFT=$(($(left) - 25))
 if [ "$QUICK" = 1 ]; then
-  if [ "$DEVICE" = cuda ]; then V=eager,compile,gan_fast:cuda,gan_fast:triton; else V=eager,compile,gan_fast:cpu; fi
+  if [ "$DEVICE" = cuda ]; then V=eager,compile,gan_fast:auto,gan_fast:cuda,gan_fast:triton; else V=eager,compile,gan_fast:cpu; fi
   BENCH=(--quick --variants "$V")
 else
   # what fits in the time left: the smallest and the largest batch, two loss kinds, every

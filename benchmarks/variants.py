@@ -7,7 +7,10 @@ A variant name is one of
 * ``compile-max-autotune``      ... mode="max-autotune";
 * ``compile-reduce-overhead``   ... mode="reduce-overhead" (CUDA graphs; GPU only);
 * ``gan_fast:<backend>``        gan_fast's fused layers/loss on backend
-                                cpu | cuda | triton | reference;
+                                cpu | cuda | triton | reference, or ``auto`` (what users
+                                get by default: on CUDA the cuda backend, with the Triton
+                                fused conv where auto timed it faster; CUDA only, on CPU
+                                auto is the cpu backend);
 * ``gan_fast:<backend>+compile`` the same under torch.compile (default mode); not
                                 in the default set, ask for it with ``--variants``.
 
@@ -26,7 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
-BACKENDS = ("cpu", "cuda", "triton", "reference")
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 COMPILE_MODES = {"compile": "default", "compile-max-autotune": "max-autotune",
                  "compile-reduce-overhead": "reduce-overhead"}
 
@@ -124,6 +127,10 @@ def unavailable(v: Variant, device: str, opts) -> Optional[tuple[str, str]]:
             return "skipped", ("on CPU max-autotune only re-tunes GEMM/conv templates and multiplies "
                                "compile time past the 10-minute budget (--cpu-max-autotune runs it)")
     if v.fused:
+        if v.backend == "auto" and device == "cpu":
+            return "n/a", "on CPU tensors auto runs the cpu backend: the gan_fast:cpu rows"
+        if v.backend == "auto":
+            return None
         if v.backend == "triton" and device == "cpu":
             return "n/a", ("Triton runs on CPU only under TRITON_INTERPRET=1, a correctness tool, "
                            "not a performance backend")
