@@ -19,7 +19,6 @@
 // * conv_act_eager: the activation in place on the convolution's fresh output, as
 //   gan_fast.ops.conv_act.stock (not in place for a negative slope).
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -31,25 +30,6 @@ namespace {
 
 using at::Tensor;
 using std::optional;
-
-auto& bn_train_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gan_fast_C::bn_act_train_eager", "")
-                       .typed<Tensor(const Tensor&, const optional<Tensor>&,
-                                     const optional<Tensor>&, const optional<Tensor>&,
-                                     const optional<Tensor>&, const optional<Tensor>&,
-                                     optional<double>, double, double)>();
-  return op;
-}
-
-auto& bn_eval_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("gan_fast_C::bn_act_eval_eager", "")
-                       .typed<Tensor(const Tensor&, const optional<Tensor>&,
-                                     const optional<Tensor>&, const Tensor&, const Tensor&,
-                                     double, double)>();
-  return op;
-}
 
 optional<Tensor> repeated(const optional<Tensor>& t, int64_t n) {
   return t ? optional<Tensor>(t->repeat({n})) : std::nullopt;
@@ -91,7 +71,7 @@ Tensor conv_in_act_eager(const Tensor& x, const Tensor& weight, const optional<T
   Tensor out;
   if (use_input_stats) {
     const optional<Tensor> mean_n = repeated(running_mean, n), var_n = repeated(running_var, n);
-    out = bn_train_op().call(planes, weight_n, bias_n, mean_n, var_n, std::nullopt, momentum,
+    out = bn_act_train_eager(planes, weight_n, bias_n, mean_n, var_n, std::nullopt, momentum,
                              eps, negative_slope);
     if (running_mean) {  // the batch's average of the per-plane updates, as stock
       at::NoGradGuard no_grad;
@@ -99,7 +79,7 @@ Tensor conv_in_act_eager(const Tensor& x, const Tensor& weight, const optional<T
       running_var->copy_(var_n->view({n, c}).mean(0));
     }
   } else {
-    out = bn_eval_op().call(planes, weight_n, bias_n, running_mean->repeat({n}),
+    out = bn_act_eval_eager(planes, weight_n, bias_n, running_mean->repeat({n}),
                             running_var->repeat({n}), eps, negative_slope);
   }
   return out.view({n, c, h, w});

@@ -3,8 +3,9 @@
 Each function has the reference backend's signature and contract
 (``gan_fast.reference``) and calls one op of ``torch.ops.gan_fast_C``, which the
 extension registers (schemas in ``csrc/README.md``), the eager ones through
-``eager_entry``; the dispatcher picks the CPU or CUDA kernel from the tensors' device. Importing this module imports
-``gan_fast._C`` and fails with ImportError when the extension is not built.
+``eager_entry``; the dispatcher picks the CPU or CUDA kernel from the tensors' device.
+Importing this module imports ``gan_fast._C`` and fails with ImportError when the
+extension is not built.
 """
 from __future__ import annotations
 

@@ -46,6 +46,13 @@ def state(module: nn.Module, name: str):
     return getattr(module, name)
 
 
+def cpp_takes(x: Tensor, conv) -> bool:
+    """Whether the C++ block ops (conv_bn_act_eager, conv_in_act_eager, conv_act_eager) take
+    this x and conv as they are: a 4-D x, zero padding given as numbers; else the stock
+    modules run (with their own errors)."""
+    return x.dim() == 4 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 def conv_geometry(conv):
     """(stride, padding, output_padding, dilation) of `conv` as the C++ ops take them: as
     set by the constructor (tuples), or an int assigned later (stock's F.conv2d takes it)
@@ -206,8 +213,7 @@ class BatchNormSpec:
 
 def _cpp(op, device_type: str):
     def run(x, conv, bn, negative_slope):
-        if (x.dim() != 4 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-                or torch.is_autocast_enabled(device_type)):
+        if not cpp_takes(x, conv) or torch.is_autocast_enabled(device_type):
             return _unfused(x, conv, bn, negative_slope)  # (and the stock modules' errors)
         batch_stats, running_mean, running_var, nbt, momentum = bn_mode(bn)
         return op(x, state(conv, "weight"), state(conv, "bias"), state(bn, "weight"), state(bn, "bias"),

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from gan_fast import backends
 from gan_fast.ops import conv_act, in_act
-from gan_fast.ops.block import _stock_conv, conv_geometry, state
+from gan_fast.ops.block import _stock_conv, conv_geometry, cpp_takes, state
 
 
 def after_stock_conv(y: Tensor, norm, negative_slope: float) -> Tensor:
@@ -70,16 +70,11 @@ def _choose(x: Tensor, norm):
     return run
 
 
-def _cpp_takes(x: Tensor, conv) -> bool:
-    """Whether the C++ ops take this x and conv (else the Python composition runs)."""
-    return x.dim() == 4 and conv.padding_mode == "zeros" and type(conv.padding) is not str
-
-
 def _cpp_act(op):
     # (under autocast the op's at::conv2d casts as the stock conv's does, and the activation
     # runs on what it gives, as in stock)
     def run(x, conv, norm, negative_slope):
-        if not _cpp_takes(x, conv):
+        if not cpp_takes(x, conv):
             return stock_then_norm_act(x, conv, norm, negative_slope)
         return op(x, state(conv, "weight"), state(conv, "bias"), *conv_geometry(conv),
                   conv.groups, conv.transposed, negative_slope)
@@ -91,9 +86,8 @@ def _cpp_in(op, device_type: str):
         use_input_stats, momentum = in_act.module_mode(norm)
         eps = norm.eps
         running_mean = state(norm, "running_mean")
-        if (not _cpp_takes(x, conv) or x.numel() == 0 or type(eps) is not float
-                or not eps > 0.0 or type(momentum) is not float
-                or (not use_input_stats and running_mean is None)
+        if (not cpp_takes(x, conv) or x.numel() == 0
+                or not in_act.takes_as_is(use_input_stats, momentum, eps, running_mean)
                 or torch.is_autocast_enabled(device_type)):
             return stock_then_norm_act(x, conv, norm, negative_slope)
         return op(x, state(conv, "weight"), state(conv, "bias"), state(norm, "weight"),

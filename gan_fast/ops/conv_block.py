@@ -240,20 +240,21 @@ def _fused_is_faster(key: tuple, op: str = _OP) -> bool:
 
 
 def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=None,
-                        op: str = _OP, decisions: Optional[dict] = None) -> bool:
+                        op: str = _OP, decisions: Optional[dict] = None,
+                        memo: Optional[tuple] = None) -> bool:
     """Whether this call runs the fused conv of `op` (see the module docstring); `mode`: the
     _fused_conv_mode a caller decided once (None: decide now). `decisions`: a module's memo
-    of auto's measured choice, keyed by what changes between its calls (x's shape and
-    strides, which gradients are needed, batch statistics; the weight's shape for the
-    functional API's shared memo), so that a call costs a dict lookup instead of building
-    the full configuration (about 15 us); a stale entry (a conv's geometry changed in
-    place) can only cost speed, never change a result: both ways compute the same."""
+    of auto's measured choice, `memo` this call's key in it (``_memo_key``: what changes
+    between its calls, i.e. x's shape and strides, which gradients are needed, batch
+    statistics; the weight's shape for the functional API's shared memo), so that a call
+    costs a dict lookup instead of building the full configuration (about 15 us); a stale
+    entry (a conv's geometry changed in place) can only cost speed, never change a result:
+    both ways compute the same."""
     mode = mode or _fused_conv_mode(x.device.type)
     if mode != "measure":
         return mode == "on"
-    if decisions is None:
+    if memo is None:
         return _fused_is_faster(_config_key(x, conv, bn, geometry, batch_stats), op)
-    memo = _memo_key(x, conv, batch_stats, op)
     fused = decisions.get(memo)
     if fused is None:
         fused = decisions[memo] = _fused_is_faster(
@@ -261,21 +262,17 @@ def _fused_conv_enabled(x: Tensor, conv, bn, geometry, batch_stats: bool, mode=N
     return fused
 
 
-def _memo_key(x: Tensor, conv, batch_stats: bool, op: str) -> tuple:
-    """The key of auto's memoised choice for this call (``_fused_conv_enabled``)."""
+def _memo_key(decisions: Optional[dict], mode, x, conv, batch_stats: bool, op: str):
+    """The key of auto's memoised choice for this call (``_fused_conv_enabled``), or None
+    where nothing is memoised (no memo given, mode not 'measure', x not a tensor). A caller
+    whose memo already holds False returns at once, before the checks only the fused way
+    needs (on a GPU under auto, where the stock way wins, every call would pay them)."""
+    if decisions is None or mode != "measure" or not isinstance(x, Tensor):
+        return None
     grad = torch.is_grad_enabled()
     w = state(conv, "weight")
     return (op, x.shape, x.stride(), w.shape, grad and x.requires_grad, grad and w.requires_grad,
             batch_stats)
-
-
-def _memo_says_unfused(decisions: Optional[dict], mode, x: Tensor, conv, batch_stats: bool,
-                       op: str) -> bool:
-    """Whether auto already chose the stock way for calls like this one: the caller then
-    returns at once, before the checks only the fused way needs (on a GPU under auto,
-    where the stock way wins, a block call would otherwise pay them every time)."""
-    return (decisions is not None and mode == "measure"
-            and decisions.get(_memo_key(x, conv, batch_stats, op)) is False)
 
 
 # ------------------------------------------------------------------------ module entry
@@ -365,7 +362,9 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     training. Returns (N, C_out, H', W') like x, or None (the caller then falls back to
     the unfused path: conv, then bn_act). mode, decisions: see ``_fused_conv_enabled``.
     """
-    if isinstance(x, Tensor) and _memo_says_unfused(decisions, mode, x, conv, bn_mode(bn)[0], _OP):
+    batch_stats, running_mean, running_var, _, _ = bn_mode(bn)
+    memo = _memo_key(decisions, mode, x, conv, batch_stats, _OP)
+    if memo is not None and decisions.get(memo) is False:
         return None
     if not _applies(x, conv, bn):
         return None
@@ -373,14 +372,14 @@ def fused_block(x: Tensor, conv, bn: nn.BatchNorm2d, negative_slope: float,
     oh, ow = _out_hw(x.shape, conv.weight.shape, *geometry)
     if oh <= 0 or ow <= 0 or x.shape[0] * conv.out_channels * oh * ow > _INT32_MAX:
         return None  # the stock conv raises its own error / offsets beyond int32
-    batch_stats, running_mean, running_var, _, _ = bn_mode(bn)
     if (running_mean is None) != (running_var is None):
         return None
     _checks.bn_eps(bn.eps, batch_stats)
     if batch_stats and x.shape[0] * oh * ow <= 1:  # the check and message of F.batch_norm
         size = torch.Size((x.shape[0], conv.out_channels, oh, ow))
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode, decisions=decisions):
+    if not _fused_conv_enabled(x, conv, bn, geometry, batch_stats, mode, decisions=decisions,
+                               memo=memo):
         return None
     return _run_fused(x, conv, bn, negative_slope, geometry)
 
@@ -403,8 +402,9 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
         if mode == "off":
             return None
     op = "conv_act" if norm is None else "conv_in_act"
-    if mode is not None and _memo_says_unfused(
-            cache, mode, x, conv, norm is not None and ops_conv_in_act.module_mode(norm)[0], op):
+    batch_stats = norm is not None and ops_conv_in_act.module_mode(norm)[0]
+    memo = _memo_key(cache, mode, x, conv, batch_stats, op)
+    if memo is not None and cache.get(memo) is False:
         return None
     if (norm is None and not ops_conv_act.applies(negative_slope)) or not _applies(x, conv, norm):
         return None
@@ -412,13 +412,10 @@ def fused_norm_act(cache: dict, x: Tensor, conv, norm, negative_slope: float) ->
     oh, ow = _out_hw(x.shape, conv.weight.shape, *geometry)
     if oh <= 0 or ow <= 0 or x.shape[0] * conv.out_channels * oh * ow > _INT32_MAX:
         return None  # the stock conv raises its own error / offsets beyond int32
-    batch_stats = False
     if norm is not None:
-        batch_stats = ops_conv_in_act.module_mode(norm)[0]
         if batch_stats and oh * ow <= 1:
             return None  # stock instance_norm raises its error
         _checks.bn_eps(norm.eps, batch_stats)
-    if not _fused_conv_enabled(x, conv, norm, geometry, batch_stats, mode, op,
-                               None if mode is None else cache):
+    if not _fused_conv_enabled(x, conv, norm, geometry, batch_stats, mode, op, cache, memo):
         return None
     return _OTHERS[op].run_fused(x, conv, norm, negative_slope, geometry)

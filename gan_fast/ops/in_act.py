@@ -67,6 +67,15 @@ def module_mode(norm) -> tuple:
     return norm.training or not norm.track_running_stats, 0.0 if momentum is None else momentum
 
 
+def takes_as_is(use_input_stats: bool, momentum, eps, running_mean) -> bool:
+    """Whether the fused ops take these InstanceNorm arguments without
+    ``functional.in_act``'s checks: a positive float eps, a float momentum, and running
+    statistics where use_input_stats=False needs them (else those checks give stock's
+    errors, or stock's own composition for eps = 0)."""
+    return (type(eps) is float and eps > 0.0 and type(momentum) is float
+            and (use_input_stats or running_mean is not None))
+
+
 def from_module(x: Tensor, norm, negative_slope: float) -> Tensor:
     """LeakyReLU(norm(x)) for an InstanceNorm2d module `norm` (fused into the conv before
     it by ``gan_fast.fuse``, which checked its num_features): x (N, C, H, W), the conv's
@@ -82,9 +91,8 @@ def from_module(x: Tensor, norm, negative_slope: float) -> Tensor:
     eps = norm.eps
     args = (x, state(norm, "running_mean"), state(norm, "running_var"), state(norm, "weight"),
             state(norm, "bias"), use_input_stats, momentum, eps, negative_slope)
-    if (type(eps) is not float or not eps > 0.0 or type(momentum) is not float or x.dim() != 4
-            or x.numel() == 0 or (use_input_stats and x.shape[2] * x.shape[3] == 1)
-            or (not use_input_stats and args[1] is None)):
+    if (not takes_as_is(use_input_stats, momentum, eps, args[1]) or x.dim() != 4
+            or x.numel() == 0 or (use_input_stats and x.shape[2] * x.shape[3] == 1)):
         return functional.in_act(*args)
     return in_act(args[0], args[3], args[4], args[1], args[2], use_input_stats, momentum, eps,
                   negative_slope)
